@@ -1,0 +1,563 @@
+"""Encode and decode Grapevine v1 datagrams.
+
+Two paths, one format:
+
+* the **fast path** (:class:`DatagramBuilder`, :func:`decode`) packs into a preallocated
+  buffer and reads a ``memoryview`` in place with ``struct`` formats that are *derived* from
+  the construct definitions in :mod:`grapevine.wire` (never written by hand);
+* the **construct path** (:func:`decode_with_construct`, :func:`encode_with_construct`)
+  runs the construct definitions themselves, for tools, vectors and cross-checking.
+
+Both return the same light values (named tuples, payloads as memoryviews into the received
+buffer: nothing is copied until the caller needs it) and both raise only
+:class:`~grapevine.DecodeError` on bad input. Tests prove they agree.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from construct import ConstructError
+
+from . import wire
+from ._errors import DecodeError, EncodeError
+from .wire import DeltaFlag, HeaderFlag, MessageKind, SnapshotFlag
+
+__all__ = [
+    "AuthTag",
+    "DatagramBuilder",
+    "Decoded",
+    "Delta",
+    "EndOfSession",
+    "HEADER_SIZE",
+    "Heartbeat",
+    "MESSAGE_HEADER_SIZE",
+    "DELTA_OVERHEAD",
+    "SNAPSHOT_OVERHEAD",
+    "Snapshot",
+    "UnknownMessage",
+    "decode",
+    "decode_with_construct",
+    "describe",
+    "encode_with_construct",
+]
+
+_HEADER = struct.Struct(wire.struct_format(wire.Header))
+_MESSAGE_HEADER = struct.Struct(wire.struct_format(wire.MessageHeader))
+_DELTA = struct.Struct(wire.struct_format(wire.DeltaFields))
+_SNAPSHOT = struct.Struct(wire.struct_format(wire.SnapshotFields))
+_HEARTBEAT = struct.Struct(wire.struct_format(wire.HeartbeatFields))
+_AUTH = struct.Struct(wire.struct_format(wire.AuthTrailer))
+# The message header and the fixed delta fields packed in one call (hot path).
+_DELTA_WITH_HEADER = struct.Struct(_MESSAGE_HEADER.format + _DELTA.format.lstrip("<"))
+
+HEADER_SIZE = _HEADER.size
+MESSAGE_HEADER_SIZE = _MESSAGE_HEADER.size
+DELTA_OVERHEAD = MESSAGE_HEADER_SIZE + _DELTA.size  # bytes a delta costs beyond its payload
+SNAPSHOT_OVERHEAD = MESSAGE_HEADER_SIZE + _SNAPSHOT.size
+_MAX_BODY = 0xFFFF
+
+_DELTA_FLAGS_BOTH = DeltaFlag.CREATE | DeltaFlag.DELETE
+
+
+class Delta(NamedTuple):
+    """A change to one leaf. ``seq`` is its stream sequence number (implicit on the wire)."""
+
+    seq: int
+    leaf_id: int
+    leaf_seq: int
+    flags: int
+    payload: memoryview | bytes
+
+
+class Snapshot(NamedTuple):
+    """One leaf's whole state (or a fragment of it) from the snapshot cycle."""
+
+    leaf_id: int
+    range_start: int
+    cycle_id: int
+    cycle_position: int
+    cycle_count: int
+    leaf_seq: int
+    as_of_seq: int
+    total_length: int
+    fragment_offset: int
+    flags: int
+    payload: memoryview | bytes
+
+
+class Heartbeat(NamedTuple):
+    """The stream is idle; the header's sequence is the next sequence number."""
+
+    interval_ms: int
+
+
+class EndOfSession(NamedTuple):
+    """The publisher stopped cleanly; the header's sequence is one past its last delta."""
+
+
+class UnknownMessage(NamedTuple):
+    """A message kind this version does not know; receivers skip it."""
+
+    kind: int
+    flags: int
+    body: memoryview | bytes
+
+
+class AuthTag(NamedTuple):
+    """The optional authentication trailer (verification is a later feature)."""
+
+    key_id: int
+    tag: bytes
+
+
+Message = Delta | Snapshot | Heartbeat | EndOfSession | UnknownMessage
+
+
+class Decoded(NamedTuple):
+    """A decoded datagram: the header's fields and its messages in wire order."""
+
+    version: int
+    flags: int
+    stream_id: int
+    session_id: int
+    sequence: int
+    send_time_ns: int
+    messages: list[Message]
+    auth: AuthTag | None = None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode(data: bytes | bytearray | memoryview) -> Decoded:
+    """Decode one datagram (fast path). Raises :class:`DecodeError` and nothing else.
+
+    Payloads in the result are memoryviews into ``data``: copy them (``bytes(p)``) before
+    the buffer is reused.
+    """
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    size = len(mv)
+    if size < HEADER_SIZE:
+        raise DecodeError(
+            f"datagram of {size} bytes is shorter than the {HEADER_SIZE}-byte header",
+            offset=size, field="header",
+        )
+    magic, version, flags, count, stream_id, session_id, sequence, send_time = (
+        _HEADER.unpack_from(mv, 0)
+    )
+    _check_header(magic, version, session_id)
+    end = size
+    auth: AuthTag | None = None
+    if flags & HeaderFlag.AUTH:
+        end -= _AUTH.size
+        if end < HEADER_SIZE:
+            raise DecodeError("datagram too short for its auth trailer", offset=HEADER_SIZE,
+                              field="auth")
+        key_id, tag = _AUTH.unpack_from(mv, end)
+        auth = AuthTag(key_id, tag)
+    messages: list[Message] = []
+    append = messages.append
+    offset = HEADER_SIZE
+    seq = sequence
+    unpack_header = _MESSAGE_HEADER.unpack_from
+    unpack_delta = _DELTA.unpack_from
+    for index in range(count):
+        if offset + MESSAGE_HEADER_SIZE > end:
+            raise DecodeError(
+                f"message_count says {count} but message {index} is missing or truncated",
+                offset=offset, field=f"messages[{index}]",
+            )
+        kind, mflags, length = unpack_header(mv, offset)
+        body = offset + MESSAGE_HEADER_SIZE
+        stop = body + length
+        if stop > end:
+            raise DecodeError(
+                f"message {index} length {length} overruns the datagram",
+                offset=offset + 2, field=f"messages[{index}].length",
+            )
+        if kind == 1:  # MessageKind.DELTA, inlined: this is the hot path
+            if length < 12:
+                raise _short(index, "delta", length, 12, offset)
+            leaf_id, leaf_seq = unpack_delta(mv, body)
+            delta = Delta(seq, leaf_id, leaf_seq, mflags, mv[body + 12 : stop])
+            if mflags & 3 or leaf_seq == 0:
+                _check_delta(delta, index, offset)
+            append(delta)
+            seq += 1
+        elif kind == MessageKind.SNAPSHOT:
+            if length < _SNAPSHOT.size:
+                raise _short(index, "snapshot", length, _SNAPSHOT.size, offset)
+            fields = _SNAPSHOT.unpack_from(mv, body)
+            snap = Snapshot(*fields, mflags, mv[body + _SNAPSHOT.size : stop])
+            _check_snapshot(snap, index, offset, seq)
+            append(snap)
+        elif kind == MessageKind.HEARTBEAT:
+            if length < _HEARTBEAT.size:
+                raise _short(index, "heartbeat", length, _HEARTBEAT.size, offset)
+            append(Heartbeat(*_HEARTBEAT.unpack_from(mv, body)))
+        elif kind == MessageKind.END_OF_SESSION:
+            append(EndOfSession())
+        else:
+            append(UnknownMessage(kind, mflags, mv[body:stop]))
+        offset = stop
+    if offset != end:
+        raise DecodeError(
+            f"{end - offset} trailing bytes after the {count} messages the header announces",
+            offset=offset, field="messages",
+        )
+    return Decoded(version, flags, stream_id, session_id, sequence, send_time, messages, auth)
+
+
+def decode_with_construct(data: bytes | bytearray | memoryview) -> Decoded:
+    """Decode one datagram with the construct definitions (slow path, same result)."""
+    raw = bytes(data)
+    if len(raw) >= 6:
+        # Check identity first so that bad magic/version get the same error on both paths.
+        magic, version = raw[:4], raw[4]
+        session_id = int.from_bytes(raw[12:20], "little") if len(raw) >= 20 else 1
+        _check_header(magic, version, session_id)
+    try:
+        parsed = wire.Datagram.parse(raw)
+    except ConstructError as exc:
+        path = getattr(exc, "path", None) or "datagram"
+        raise DecodeError(f"malformed datagram: {exc}", offset=0, field=str(path)) from exc
+    header = parsed.header
+    _check_header(header.magic, header.version, header.session_id)
+    messages: list[Message] = []
+    seq = header.sequence
+    offset = HEADER_SIZE
+    for index, msg in enumerate(parsed.messages):
+        body = msg.body
+        if msg.kind == MessageKind.DELTA:
+            if msg.length < _DELTA.size:
+                raise _short(index, "delta", msg.length, _DELTA.size, offset)
+            delta = Delta(seq, body.leaf_id, body.leaf_seq, msg.flags, memoryview(body.payload))
+            _check_delta(delta, index, offset)
+            messages.append(delta)
+            seq += 1
+        elif msg.kind == MessageKind.SNAPSHOT:
+            if msg.length < _SNAPSHOT.size:
+                raise _short(index, "snapshot", msg.length, _SNAPSHOT.size, offset)
+            snap = Snapshot(
+                body.leaf_id, body.range_start, body.cycle_id, body.cycle_position,
+                body.cycle_count, body.leaf_seq, body.as_of_seq, body.total_length,
+                body.fragment_offset, msg.flags, memoryview(body.payload),
+            )
+            _check_snapshot(snap, index, offset, seq)
+            messages.append(snap)
+        elif msg.kind == MessageKind.HEARTBEAT:
+            if msg.length < _HEARTBEAT.size:
+                raise _short(index, "heartbeat", msg.length, _HEARTBEAT.size, offset)
+            messages.append(Heartbeat(body.interval_ms))
+        elif msg.kind == MessageKind.END_OF_SESSION:
+            messages.append(EndOfSession())
+        else:
+            messages.append(UnknownMessage(msg.kind, msg.flags, memoryview(body)))
+        offset += MESSAGE_HEADER_SIZE + msg.length
+    auth = AuthTag(parsed.auth.key_id, bytes(parsed.auth.tag)) if parsed.auth else None
+    return Decoded(header.version, header.flags, header.stream_id, header.session_id,
+                   header.sequence, header.send_time_ns, messages, auth)
+
+
+def _check_header(magic: bytes, version: int, session_id: int) -> None:
+    if magic != wire.MAGIC:
+        raise DecodeError(f"bad magic {bytes(magic)!r}, expected {wire.MAGIC!r}", offset=0,
+                          field="magic")
+    if version != wire.VERSION:
+        raise DecodeError(f"unsupported version {version} (this receiver speaks {wire.VERSION})",
+                          offset=4, field="version")
+    if session_id == 0:
+        raise DecodeError("session_id must not be 0", offset=12, field="session_id")
+
+
+def _short(index: int, what: str, length: int, minimum: int, offset: int) -> DecodeError:
+    return DecodeError(f"{what} message {index} has length {length}, below the minimum {minimum}",
+                       offset=offset + 2, field=f"messages[{index}].length")
+
+
+def _check_delta(delta: Delta, index: int, offset: int) -> None:
+    where = f"messages[{index}]"
+    if delta.leaf_seq == 0:
+        raise DecodeError("delta leaf_seq must be at least 1", offset=offset + 8,
+                          field=f"{where}.leaf_seq")
+    if delta.flags & _DELTA_FLAGS_BOTH == _DELTA_FLAGS_BOTH:
+        raise DecodeError("delta flags CREATE and DELETE are exclusive", offset=offset + 1,
+                          field=f"{where}.flags")
+    if delta.flags & DeltaFlag.DELETE and len(delta.payload):
+        raise DecodeError("a DELETE delta must have an empty payload", offset=offset + 16,
+                          field=f"{where}.payload")
+
+
+def _check_snapshot(snap: Snapshot, index: int, offset: int, next_seq: int) -> None:
+    where = f"messages[{index}]"
+    body = offset + MESSAGE_HEADER_SIZE
+    if snap.range_start > snap.leaf_id:
+        raise DecodeError(f"snapshot range_start {snap.range_start} is above leaf_id "
+                          f"{snap.leaf_id}", offset=body + 4, field=f"{where}.range_start")
+    if snap.cycle_count == 0:
+        if snap.flags & (SnapshotFlag.DELETED | SnapshotFlag.LAST) != (
+            SnapshotFlag.DELETED | SnapshotFlag.LAST
+        ) or snap.cycle_position != 0:
+            raise DecodeError("cycle_count 0 is only valid for the DELETED|LAST marker of an "
+                              "empty cycle", offset=body + 16, field=f"{where}.cycle_count")
+    elif snap.cycle_position >= snap.cycle_count:
+        raise DecodeError(f"cycle_position {snap.cycle_position} is not below cycle_count "
+                          f"{snap.cycle_count}", offset=body + 12,
+                          field=f"{where}.cycle_position")
+    if snap.as_of_seq > next_seq:
+        raise DecodeError(f"snapshot as_of_seq {snap.as_of_seq} is ahead of the stream "
+                          f"({next_seq})", offset=body + 28, field=f"{where}.as_of_seq")
+    if snap.fragment_offset + len(snap.payload) > snap.total_length:
+        raise DecodeError(f"fragment [{snap.fragment_offset}, +{len(snap.payload)}) overruns "
+                          f"total_length {snap.total_length}", offset=body + 40,
+                          field=f"{where}.fragment_offset")
+    if snap.flags & SnapshotFlag.DELETED and snap.total_length:
+        raise DecodeError("a DELETED snapshot must have total_length 0", offset=body + 36,
+                          field=f"{where}.total_length")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class DatagramBuilder:
+    """Packs messages into one preallocated datagram buffer (fast path).
+
+    Usage: :meth:`start` with the sequence number the next delta will get, ``add_*`` until
+    one returns False (full), then :meth:`finish`. The returned memoryview stays valid
+    until the next :meth:`start`.
+    """
+
+    def __init__(self, stream_id: int, session_id: int,
+                 max_size: int = wire.DEFAULT_DATAGRAM_SIZE) -> None:
+        if not HEADER_SIZE + SNAPSHOT_OVERHEAD + 1 <= max_size <= wire.MAX_DATAGRAM_SIZE:
+            raise EncodeError(f"max_size {max_size} must be between "
+                              f"{HEADER_SIZE + SNAPSHOT_OVERHEAD + 1} and "
+                              f"{wire.MAX_DATAGRAM_SIZE}")
+        _check_uint("stream_id", stream_id, 32)
+        _check_uint("session_id", session_id, 64)
+        if session_id == 0:
+            raise EncodeError("session_id must not be 0")
+        self.stream_id = stream_id
+        self.session_id = session_id
+        self.max_size = max_size
+        self._buffer = bytearray(max_size)
+        self._view = memoryview(self._buffer)
+        self._offset = HEADER_SIZE
+        self._count = 0
+        self._sequence = 0
+        self._deltas = 0
+
+    @property
+    def count(self) -> int:
+        """Messages added since :meth:`start`."""
+        return self._count
+
+    @property
+    def delta_count(self) -> int:
+        """Deltas added since :meth:`start` (each consumed one sequence number)."""
+        return self._deltas
+
+    @property
+    def room(self) -> int:
+        """Bytes still free for messages (headers included)."""
+        return self.max_size - self._offset
+
+    def start(self, sequence: int) -> None:
+        """Begin a datagram whose first delta (if any) has stream sequence ``sequence``."""
+        self._offset = HEADER_SIZE
+        self._count = 0
+        self._deltas = 0
+        self._sequence = sequence
+
+    def add_delta(self, leaf_id: int, leaf_seq: int, flags: int,
+                  payload: bytes | bytearray | memoryview) -> bool:
+        """Append a delta; False if it does not fit (nothing written)."""
+        offset = self._offset
+        size = len(payload)
+        stop = offset + DELTA_OVERHEAD + size
+        if stop > self.max_size:
+            if self._count == 0:
+                raise EncodeError(f"a delta payload of {size} bytes cannot fit a "
+                                  f"{self.max_size}-byte datagram")
+            return False
+        try:
+            _DELTA_WITH_HEADER.pack_into(self._buffer, offset, 1, flags, 12 + size, leaf_id,
+                                         leaf_seq)
+        except struct.error as exc:
+            raise EncodeError(f"delta not representable (leaf_id={leaf_id}, "
+                              f"leaf_seq={leaf_seq}, flags={flags}): {exc}") from None
+        self._view[offset + DELTA_OVERHEAD : stop] = payload
+        self._offset = stop
+        self._count += 1
+        self._deltas += 1
+        return True
+
+    def add_snapshot(self, snap: Snapshot) -> bool:
+        """Append a snapshot (fragment); False if it does not fit (nothing written)."""
+        offset = self._offset
+        size = len(snap.payload)
+        stop = offset + SNAPSHOT_OVERHEAD + size
+        if stop > self.max_size:
+            if self._count == 0:
+                raise EncodeError(f"a snapshot fragment of {size} bytes cannot fit a "
+                                  f"{self.max_size}-byte datagram")
+            return False
+        if snap.fragment_offset + size > snap.total_length:
+            raise EncodeError("snapshot fragment overruns total_length")
+        try:
+            _MESSAGE_HEADER.pack_into(self._buffer, offset, MessageKind.SNAPSHOT, snap.flags,
+                                      _SNAPSHOT.size + size)
+            _SNAPSHOT.pack_into(self._buffer, offset + MESSAGE_HEADER_SIZE, *snap[:9])
+        except struct.error as exc:
+            raise EncodeError(f"snapshot not representable ({snap[:10]}): {exc}") from None
+        self._view[offset + SNAPSHOT_OVERHEAD : stop] = snap.payload
+        self._offset = stop
+        self._count += 1
+        return True
+
+    def add_heartbeat(self, interval_ms: int) -> bool:
+        """Append a heartbeat; False if it does not fit."""
+        return self._add_fixed(MessageKind.HEARTBEAT, _HEARTBEAT, (interval_ms,))
+
+    def add_end_of_session(self) -> bool:
+        """Append an end-of-session marker; False if it does not fit."""
+        offset = self._offset
+        if offset + MESSAGE_HEADER_SIZE > self.max_size:
+            return False
+        _MESSAGE_HEADER.pack_into(self._buffer, offset, MessageKind.END_OF_SESSION, 0, 0)
+        self._offset = offset + MESSAGE_HEADER_SIZE
+        self._count += 1
+        return True
+
+    def finish(self, send_time_ns: int) -> memoryview:
+        """Write the header and return the datagram (valid until the next :meth:`start`)."""
+        try:
+            _HEADER.pack_into(self._buffer, 0, wire.MAGIC, wire.VERSION, 0, self._count,
+                              self.stream_id, self.session_id, self._sequence, send_time_ns)
+        except struct.error as exc:
+            raise EncodeError(f"header not representable (sequence={self._sequence}, "
+                              f"send_time_ns={send_time_ns}): {exc}") from None
+        return self._view[: self._offset]
+
+    def _add_fixed(self, kind: int, fields: struct.Struct, values: tuple[int, ...]) -> bool:
+        offset = self._offset
+        if offset + MESSAGE_HEADER_SIZE + fields.size > self.max_size:
+            return False
+        try:
+            fields.pack_into(self._buffer, offset + MESSAGE_HEADER_SIZE, *values)
+        except struct.error as exc:
+            raise EncodeError(f"{MessageKind(kind).name} not representable {values}: "
+                              f"{exc}") from None
+        _MESSAGE_HEADER.pack_into(self._buffer, offset, kind, 0, fields.size)
+        self._offset = offset + MESSAGE_HEADER_SIZE + fields.size
+        self._count += 1
+        return True
+
+
+def _check_uint(name: str, value: int, bits: int) -> None:
+    if not 0 <= value < 1 << bits:
+        raise EncodeError(f"{name}={value} is outside the u{bits} range")
+
+
+def encode_with_construct(datagram: Decoded) -> bytes:
+    """Build a datagram from decoded values with the construct definitions (slow path).
+
+    Deltas' ``seq`` fields are implicit on the wire and ignored here. Raises
+    :class:`EncodeError` for values the format cannot represent.
+    """
+    messages: list[dict[str, Any]] = []
+    for msg in datagram.messages:
+        if isinstance(msg, Delta):
+            body: Any = {"leaf_id": msg.leaf_id, "leaf_seq": msg.leaf_seq,
+                         "payload": bytes(msg.payload)}
+            messages.append(_message(MessageKind.DELTA, msg.flags, body,
+                                     _DELTA.size + len(msg.payload)))
+        elif isinstance(msg, Snapshot):
+            body = dict(zip(Snapshot._fields[:9], msg[:9], strict=True))
+            body["payload"] = bytes(msg.payload)
+            messages.append(_message(MessageKind.SNAPSHOT, msg.flags, body,
+                                     _SNAPSHOT.size + len(msg.payload)))
+        elif isinstance(msg, Heartbeat):
+            messages.append(_message(MessageKind.HEARTBEAT, 0, {"interval_ms": msg.interval_ms},
+                                     _HEARTBEAT.size))
+        elif isinstance(msg, EndOfSession):
+            messages.append(_message(MessageKind.END_OF_SESSION, 0, {}, 0))
+        else:
+            messages.append(_message(msg.kind, msg.flags, bytes(msg.body), len(msg.body)))
+    value = {
+        "header": {
+            "version": datagram.version, "flags": datagram.flags,
+            "message_count": len(messages), "stream_id": datagram.stream_id,
+            "session_id": datagram.session_id, "sequence": datagram.sequence,
+            "send_time_ns": datagram.send_time_ns,
+        },
+        "messages": messages,
+        "auth": ({"key_id": datagram.auth.key_id, "tag": datagram.auth.tag}
+                 if datagram.auth else None),
+    }
+    try:
+        return bytes(wire.Datagram.build(value))
+    except (ConstructError, struct.error, OverflowError, ValueError) as exc:
+        raise EncodeError(f"datagram not representable: {exc}") from None
+
+
+def _message(kind: int, flags: int, body: Any, length: int) -> dict[str, Any]:
+    if length > _MAX_BODY:
+        raise EncodeError(f"message body of {length} bytes exceeds {_MAX_BODY}")
+    return {"kind": kind, "flags": flags, "length": length, "body": body}
+
+
+# --------------------------------------------------------------------------- describing
+
+
+def describe(datagram: Decoded, *, payload_bytes: int = 16) -> str:
+    """A readable multi-line description of a decoded datagram."""
+    flags = _flag_names(HeaderFlag, datagram.flags)
+    lines = [
+        f"grapevine v{datagram.version} stream={datagram.stream_id} "
+        f"session={datagram.session_id:#018x} sequence={datagram.sequence} "
+        f"time_ns={datagram.send_time_ns} flags={flags} messages={len(datagram.messages)}"
+    ]
+    for msg in datagram.messages:
+        lines.append("  " + _describe_message(msg, payload_bytes))
+    if datagram.auth is not None:
+        lines.append(f"  auth key_id={datagram.auth.key_id} tag={datagram.auth.tag.hex()}")
+    return "\n".join(lines)
+
+
+def _describe_message(msg: Message, payload_bytes: int) -> str:
+    if isinstance(msg, Delta):
+        return (f"DELTA seq={msg.seq} leaf={msg.leaf_id} leaf_seq={msg.leaf_seq} "
+                f"flags={_flag_names(DeltaFlag, msg.flags)} "
+                f"payload={_hex(msg.payload, payload_bytes)}")
+    if isinstance(msg, Snapshot):
+        return (f"SNAPSHOT leaf={msg.leaf_id} range_start={msg.range_start} "
+                f"cycle={msg.cycle_id} position={msg.cycle_position}/{msg.cycle_count} "
+                f"leaf_seq={msg.leaf_seq} as_of={msg.as_of_seq} "
+                f"fragment={msg.fragment_offset}+{len(msg.payload)}/{msg.total_length} "
+                f"flags={_flag_names(SnapshotFlag, msg.flags)} "
+                f"payload={_hex(msg.payload, payload_bytes)}")
+    if isinstance(msg, Heartbeat):
+        return f"HEARTBEAT interval_ms={msg.interval_ms}"
+    if isinstance(msg, EndOfSession):
+        return "END_OF_SESSION"
+    return f"UNKNOWN kind={msg.kind} flags={msg.flags:#04x} body={_hex(msg.body, payload_bytes)}"
+
+
+def _flag_names(kind: type[HeaderFlag] | type[DeltaFlag] | type[SnapshotFlag], value: int) -> str:
+    names = [f.name for f in kind if value & f.value and f.name]
+    rest = value & ~sum(f.value for f in kind)
+    if rest:
+        names.append(f"{rest:#04x}")
+    return "|".join(names) or "0"
+
+
+def _hex(data: Sequence[int] | memoryview | bytes, limit: int) -> str:
+    raw = bytes(data)
+    text = raw[:limit].hex()
+    return f"{text}...({len(raw)} bytes)" if len(raw) > limit else (text or "-")

@@ -1,0 +1,184 @@
+"""The Grapevine v1 wire format: the single definition every other layer derives from.
+
+protocol/SPEC.md describes these structures in prose; the vectors in protocol/vectors/ are
+built from them; :mod:`grapevine.codec` derives its fast ``struct`` formats from them with
+:func:`struct_format` (nothing is copied by hand). Field names match SPEC.md exactly.
+All integers are little-endian.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from construct import (
+    Array,
+    Bytes,
+    Const,
+    FixedSized,
+    GreedyBytes,
+    If,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    Struct,
+    Switch,
+    Terminated,
+    this,
+)
+
+__all__ = [
+    "AUTH_TRAILER_SIZE",
+    "AuthTrailer",
+    "Datagram",
+    "DeltaFields",
+    "DeltaFlag",
+    "EndOfSessionFields",
+    "HeaderFlag",
+    "Header",
+    "HeartbeatFields",
+    "MAGIC",
+    "MAX_DATAGRAM_SIZE",
+    "DEFAULT_DATAGRAM_SIZE",
+    "MAX_LEAF_ID",
+    "Message",
+    "MessageHeader",
+    "MessageKind",
+    "SnapshotFields",
+    "SnapshotFlag",
+    "VERSION",
+    "struct_format",
+]
+
+MAGIC = b"GRPV"
+VERSION = 1
+# Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); receivers accept anything up to it.
+MAX_DATAGRAM_SIZE = 65507
+# Default sender limit: fits a 1500-byte Ethernet MTU with room for IP options and tunnels.
+DEFAULT_DATAGRAM_SIZE = 1400
+MAX_LEAF_ID = 0xFFFF_FFFF
+
+
+class MessageKind(enum.IntEnum):
+    """Message kinds. Only DELTA consumes stream sequence numbers."""
+
+    DELTA = 1
+    SNAPSHOT = 2
+    HEARTBEAT = 3
+    END_OF_SESSION = 4
+
+
+class HeaderFlag(enum.IntFlag):
+    """Datagram header flags; other bits are reserved (sent as 0, ignored on receipt)."""
+
+    AUTH = 0x01  # an AuthTrailer ends the datagram
+
+
+class DeltaFlag(enum.IntFlag):
+    """Delta message flags; other bits are reserved."""
+
+    CREATE = 0x01  # the leaf did not exist before: apply the payload to an empty leaf
+    DELETE = 0x02  # the leaf no longer exists after this delta (payload is empty)
+
+
+class SnapshotFlag(enum.IntFlag):
+    """Snapshot message flags; other bits are reserved."""
+
+    DELETED = 0x01  # tombstone: the leaf does not exist as of as_of_seq (payload empty)
+    LAST = 0x02  # last snapshot of its cycle: coverage extends to MAX_LEAF_ID
+
+
+# fmt: off
+Header = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Int8ul,
+    "flags" / Int8ul,
+    "message_count" / Int16ul,
+    "stream_id" / Int32ul,
+    "session_id" / Int64ul,
+    "sequence" / Int64ul,
+    "send_time_ns" / Int64ul,
+)
+
+MessageHeader = Struct(
+    "kind" / Int8ul,
+    "flags" / Int8ul,
+    "length" / Int16ul,          # bytes of body that follow this 4-byte message header
+)
+
+DeltaFields = Struct(
+    "leaf_id" / Int32ul,
+    "leaf_seq" / Int64ul,
+)                                # followed by the payload: length - 12 bytes
+
+SnapshotFields = Struct(
+    "leaf_id" / Int32ul,
+    "range_start" / Int32ul,     # no leaf exists with range_start <= id < leaf_id
+    "cycle_id" / Int32ul,
+    "cycle_position" / Int32ul,
+    "cycle_count" / Int32ul,
+    "leaf_seq" / Int64ul,
+    "as_of_seq" / Int64ul,
+    "total_length" / Int32ul,    # length of the whole leaf encoding
+    "fragment_offset" / Int32ul, # where this fragment's payload starts in it
+)                                # followed by the fragment payload: length - 44 bytes
+
+HeartbeatFields = Struct(
+    "interval_ms" / Int32ul,
+)
+
+EndOfSessionFields = Struct()
+
+AuthTrailer = Struct(
+    "key_id" / Int32ul,
+    "tag" / Bytes(16),
+)
+# fmt: on
+
+AUTH_TRAILER_SIZE = AuthTrailer.sizeof()
+
+_BODIES = {
+    MessageKind.DELTA: Struct(*DeltaFields.subcons, "payload" / GreedyBytes),
+    MessageKind.SNAPSHOT: Struct(*SnapshotFields.subcons, "payload" / GreedyBytes),
+    MessageKind.HEARTBEAT: HeartbeatFields,
+    MessageKind.END_OF_SESSION: EndOfSessionFields,
+}
+
+Message = Struct(
+    *MessageHeader.subcons,
+    "body" / FixedSized(this.length, Switch(this.kind, _BODIES, default=GreedyBytes)),
+)
+
+# A whole datagram, for tools, vectors and validation (the hot path uses grapevine.codec).
+Datagram = Struct(
+    "header" / Header,
+    "messages" / Array(this.header.message_count, Message),
+    "auth" / If(this.header.flags & HeaderFlag.AUTH, AuthTrailer),
+    Terminated,
+)
+
+
+def struct_format(definition: Any) -> str:
+    """Derive a :mod:`struct` format string (little-endian) from a flat construct Struct.
+
+    Supports the field types the fixed parts of Grapevine's messages use: integer
+    FormatFields, ``Const`` byte strings and fixed ``Bytes``.
+    """
+    parts = ["<"]
+    for sub in definition.subcons:
+        inner = getattr(sub, "subcon", sub)
+        fmtstr = getattr(inner, "fmtstr", None)
+        if fmtstr is not None:
+            parts.append(fmtstr.lstrip("<>=!"))
+            continue
+        value = getattr(inner, "value", None)  # Const
+        if isinstance(value, bytes):
+            parts.append(f"{len(value)}s")
+            continue
+        length = getattr(inner, "length", None)  # Bytes(n)
+        if isinstance(length, int):
+            parts.append(f"{length}s")
+            continue
+        raise TypeError(f"cannot derive a struct format for field {sub.name!r}")
+    return "".join(parts)
