@@ -193,7 +193,7 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
             if length < _SNAPSHOT.size:
                 raise _short(index, "snapshot", length, _SNAPSHOT.size, offset)
             fields = _SNAPSHOT.unpack_from(mv, body)
-            snap = Snapshot(*fields, mflags, mv[body + _SNAPSHOT.size : stop])
+            snap = Snapshot._make((*fields, mflags, mv[body + _SNAPSHOT.size : stop]))
             _check_snapshot(snap, index, offset, seq)
             append(snap)
         elif kind == MessageKind.HEARTBEAT:
@@ -501,9 +501,13 @@ def encode_with_construct(datagram: Decoded) -> bytes:
                  if datagram.auth else None),
     }
     try:
-        return bytes(wire.Datagram.build(value))
+        data = bytes(wire.Datagram.build(value))
     except (ConstructError, struct.error, OverflowError, ValueError) as exc:
         raise EncodeError(f"datagram not representable: {exc}") from None
+    if len(data) > wire.MAX_DATAGRAM_SIZE:
+        raise EncodeError(f"datagram of {len(data)} bytes exceeds the UDP maximum "
+                          f"{wire.MAX_DATAGRAM_SIZE}")
+    return data
 
 
 def _message(kind: int, flags: int, body: Any, length: int) -> dict[str, Any]:

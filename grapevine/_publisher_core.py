@@ -1,0 +1,354 @@
+"""The publisher's protocol logic, without sockets, threads or clocks (sans-I/O).
+
+:class:`PublisherCore` owns the source-of-truth leaves, assigns stream and leaf sequence
+numbers, runs the snapshot cycle and packs datagrams. It is driven by calls:
+:meth:`~PublisherCore.publish` / :meth:`~PublisherCore.delete` from the user, and
+:meth:`~PublisherCore.next_datagram` with the current time from whoever sends. It is not
+thread-safe: the runtime layer (:mod:`grapevine.publisher`) serialises calls with a lock.
+
+Ordering rule (SPEC "Publisher behaviour"): deltas and snapshots leave through one FIFO.
+A snapshot is encoded when the pacing budget allows and queued *behind* every delta it
+already reflects, so ``as_of_seq`` never runs ahead of the deltas a receiver has been sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic
+
+from sortedcontainers import SortedDict
+
+from . import wire
+from ._errors import ConfigError, EncodeError
+from .codec import DELTA_OVERHEAD, HEADER_SIZE, SNAPSHOT_OVERHEAD, DatagramBuilder, Snapshot
+from .model import DeltaT, LeafModel, LeafT
+from .wire import DeltaFlag, SnapshotFlag
+
+__all__ = ["PublisherConfig", "PublisherCore", "PublisherStats", "QueueFullError"]
+
+# Don't start a snapshot fragment in the tail of a datagram smaller than this.
+_MIN_FRAGMENT = 64
+
+
+class QueueFullError(EncodeError):
+    """The send queue holds ``max_queued_deltas`` deltas; the change was not applied."""
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    """Publisher tuning. Every rate is per second of the clock the caller passes."""
+
+    stream_id: int = 0
+    max_datagram_size: int = wire.DEFAULT_DATAGRAM_SIZE
+    snapshot_bytes_per_s: float = 8_000_000.0
+    min_cycle_s: float = 0.25
+    heartbeat_interval_s: float = 0.5
+    max_queued_deltas: int = 65_536
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stream_id <= 0xFFFF_FFFF:
+            raise ConfigError(f"stream_id {self.stream_id} is outside 0..2**32-1")
+        minimum = HEADER_SIZE + SNAPSHOT_OVERHEAD + _MIN_FRAGMENT
+        if not minimum <= self.max_datagram_size <= wire.MAX_DATAGRAM_SIZE:
+            raise ConfigError(f"max_datagram_size {self.max_datagram_size} is outside "
+                              f"{minimum}..{wire.MAX_DATAGRAM_SIZE}")
+        if not self.snapshot_bytes_per_s > 0:
+            raise ConfigError("snapshot_bytes_per_s must be positive")
+        if self.min_cycle_s < 0:
+            raise ConfigError("min_cycle_s must not be negative")
+        if not 0.001 <= self.heartbeat_interval_s <= 3600:
+            raise ConfigError("heartbeat_interval_s must be between 0.001 and 3600")
+        if self.max_queued_deltas < 1:
+            raise ConfigError("max_queued_deltas must be at least 1")
+
+
+@dataclass
+class PublisherStats:
+    """Counters; read them from any thread (values are plain ints)."""
+
+    deltas: int = 0
+    datagrams: int = 0
+    delta_datagrams: int = 0
+    snapshots: int = 0
+    snapshot_fragments: int = 0
+    snapshot_bytes: int = 0
+    heartbeats: int = 0
+    cycles: int = 0
+    bytes_sent: int = 0
+
+
+class _QueuedSnapshot:
+    """A snapshot waiting in the FIFO; fragmented lazily to fill datagrams."""
+
+    __slots__ = ("offset", "payload", "template")
+
+    def __init__(self, template: Snapshot, payload: bytes) -> None:
+        self.template = template
+        self.payload = payload
+        self.offset = 0
+
+
+def new_session_id() -> int:
+    """A random, nonzero 64-bit session id."""
+    while True:
+        value = int.from_bytes(os.urandom(8), "little")
+        if value:
+            return value
+
+
+class PublisherCore(Generic[LeafT, DeltaT]):
+    """Sequencing, snapshot cycle and datagram packing for one publisher session."""
+
+    def __init__(self, model: LeafModel[LeafT, DeltaT], config: PublisherConfig | None = None,
+                 *, initial: Mapping[int, LeafT] | None = None, session_id: int | None = None,
+                 now: float = 0.0) -> None:
+        if not isinstance(model, LeafModel):
+            raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel "
+                              "(new_leaf, apply, encode_delta, decode_delta, encode_leaf, "
+                              "decode_leaf)")
+        self.model = model
+        self.config = config or PublisherConfig()
+        self.session_id = session_id if session_id is not None else new_session_id()
+        self.stats = PublisherStats()
+        self.leaves: SortedDict[int, Any] = SortedDict()
+        for leaf_id, value in (initial or {}).items():
+            self._check_leaf_id(leaf_id)
+            self.leaves[leaf_id] = value  # leaf_seq 0: unchanged in this session
+        self._leaf_seqs: dict[int, int] = {}
+        self.next_seq = 1  # the sequence the next published delta gets
+        self._packed_seq = 1  # the sequence of the next delta not yet packed in a datagram
+        self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot] = deque()
+        self._queued_deltas = 0
+        self._snapshot_queued = False
+        self._builder = DatagramBuilder(self.config.stream_id, self.session_id,
+                                        self.config.max_datagram_size)
+        self._fragment_room = self.config.max_datagram_size - HEADER_SIZE - SNAPSHOT_OVERHEAD
+        # Snapshot cycle state.
+        self.cycle_id = 0
+        self._cursor: int | None = None  # last leaf id snapshotted in this cycle
+        self._cycle_started_at = now - self.config.min_cycle_s  # first cycle starts at once
+        self._tokens = 0.0
+        self._tokens_at = now
+        self._last_send = now - self.config.heartbeat_interval_s  # heartbeat at once
+        self.ended = False
+
+    # ------------------------------------------------------------------ user side
+
+    def publish(self, leaf_id: int, delta: DeltaT) -> int:
+        """Apply ``delta`` to leaf ``leaf_id`` (creating it if absent) and queue it.
+
+        Returns the delta's stream sequence number. Raises :class:`QueueFullError` (and
+        changes nothing) when the queue is full, :class:`EncodeError` for an invalid id or
+        a payload too large for one datagram.
+        """
+        self._check_leaf_id(leaf_id)
+        if self._queued_deltas >= self.config.max_queued_deltas:
+            raise QueueFullError(f"{self._queued_deltas} deltas are queued "
+                                 f"(max_queued_deltas={self.config.max_queued_deltas})")
+        payload = self.model.encode_delta(delta)
+        if len(payload) > self.config.max_datagram_size - HEADER_SIZE - DELTA_OVERHEAD:
+            raise EncodeError(f"a delta payload of {len(payload)} bytes does not fit one "
+                              f"{self.config.max_datagram_size}-byte datagram")
+        leaves = self.leaves
+        flags = 0
+        if leaf_id in leaves:
+            leaves[leaf_id] = self.model.apply(leaves[leaf_id], delta)
+        else:
+            leaves[leaf_id] = self.model.apply(self.model.new_leaf(), delta)
+            flags = DeltaFlag.CREATE
+        return self._enqueue_delta(leaf_id, flags, payload)
+
+    def delete(self, leaf_id: int) -> int:
+        """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""
+        self._check_leaf_id(leaf_id)
+        if leaf_id not in self.leaves:
+            raise KeyError(f"leaf {leaf_id} does not exist")
+        if self._queued_deltas >= self.config.max_queued_deltas:
+            raise QueueFullError(f"{self._queued_deltas} deltas are queued")
+        del self.leaves[leaf_id]
+        return self._enqueue_delta(leaf_id, DeltaFlag.DELETE, b"")
+
+    @property
+    def queued_deltas(self) -> int:
+        """Deltas published but not yet packed into a datagram."""
+        return self._queued_deltas
+
+    def leaf_seq(self, leaf_id: int) -> int:
+        """The leaf's current leaf sequence (0 if it never changed in this session)."""
+        return self._leaf_seqs.get(leaf_id, 0)
+
+    # ------------------------------------------------------------------ sending side
+
+    def next_datagram(self, now: float) -> memoryview | None:
+        """The next datagram to send at time ``now``, or None if nothing is due.
+
+        Call repeatedly until it returns None, then wait until :meth:`next_wakeup` or a
+        publish. The returned view is valid until the next call.
+        """
+        if self.ended:
+            return None
+        self._maybe_queue_snapshot(now)
+        if not self._queue:
+            if now - self._last_send >= self.config.heartbeat_interval_s:
+                builder = self._builder
+                builder.start(self._packed_seq)
+                builder.add_heartbeat(round(self.config.heartbeat_interval_s * 1000))
+                self.stats.heartbeats += 1
+                return self._finish(now)
+            return None
+        return self._pack(now)
+
+    def next_wakeup(self, now: float) -> float:
+        """The latest time at which :meth:`next_datagram` must be called again."""
+        heartbeat_at = self._last_send + self.config.heartbeat_interval_s
+        if self._queue:
+            return now
+        snapshot_at = self._snapshot_due_at(now)
+        return min(heartbeat_at, snapshot_at)
+
+    def end_of_session(self, now: float) -> memoryview:
+        """Mark the session ended and return the END_OF_SESSION datagram.
+
+        Queued deltas must have been drained first (call :meth:`next_datagram` until the
+        queue is empty); any still queued are discarded.
+        """
+        self.ended = True
+        self._queue.clear()
+        self._queued_deltas = 0
+        builder = self._builder
+        builder.start(self.next_seq)
+        builder.add_end_of_session()
+        return self._finish(now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _enqueue_delta(self, leaf_id: int, flags: int, payload: bytes) -> int:
+        leaf_seq = self._leaf_seqs.get(leaf_id, 0) + 1
+        self._leaf_seqs[leaf_id] = leaf_seq
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self._queue.append((leaf_id, leaf_seq, flags, payload))
+        self._queued_deltas += 1
+        self.stats.deltas += 1
+        return seq
+
+    def _pack(self, now: float) -> memoryview:
+        builder = self._builder
+        builder.start(self._packed_seq)
+        queue = self._queue
+        add_delta = builder.add_delta
+        while True:
+            if not queue:
+                # Fill the rest of the datagram with snapshots while the budget allows.
+                if builder.room < SNAPSHOT_OVERHEAD + _MIN_FRAGMENT:
+                    break
+                self._maybe_queue_snapshot(now)
+                if not queue:
+                    break
+            item = queue[0]
+            if isinstance(item, tuple):
+                if not add_delta(*item):
+                    break
+                queue.popleft()
+                continue
+            if not self._pack_fragment(item):
+                break
+            queue.popleft()
+            self._snapshot_queued = False
+        packed = builder.delta_count
+        if packed:
+            self._packed_seq += packed
+            self._queued_deltas -= packed
+            self.stats.delta_datagrams += 1
+        return self._finish(now)
+
+    def _pack_fragment(self, item: _QueuedSnapshot) -> bool:
+        """Pack as much of a queued snapshot as fits; True once all of it is packed."""
+        builder = self._builder
+        while True:
+            room = builder.room - SNAPSHOT_OVERHEAD
+            remaining = len(item.payload) - item.offset
+            if room < min(_MIN_FRAGMENT, remaining):
+                return False
+            size = min(room, remaining)
+            fragment = item.template._replace(
+                fragment_offset=item.offset,
+                payload=item.payload[item.offset : item.offset + size],
+            )
+            builder.add_snapshot(fragment)
+            self.stats.snapshot_fragments += 1
+            item.offset += size
+            if item.offset >= len(item.payload):
+                return True
+
+    def _finish(self, now: float) -> memoryview:
+        datagram = self._builder.finish(int(now * 1e9) if now > 0 else 0)
+        self._last_send = now
+        self.stats.datagrams += 1
+        self.stats.bytes_sent += len(datagram)
+        return datagram
+
+    def _snapshot_due_at(self, now: float) -> float:
+        if self._snapshot_queued:
+            return float("inf")
+        if self._cursor is None and now < self._cycle_started_at + self.config.min_cycle_s:
+            return self._cycle_started_at + self.config.min_cycle_s
+        self._refill(now)
+        if self._tokens >= 0:
+            return now
+        return now + (-self._tokens) / self.config.snapshot_bytes_per_s
+
+    def _refill(self, now: float) -> None:
+        rate = self.config.snapshot_bytes_per_s
+        # Allow a burst of one datagram's worth (or 10 ms of budget), no more.
+        cap = max(float(self.config.max_datagram_size), rate * 0.01)
+        self._tokens = min(cap, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+
+    def _maybe_queue_snapshot(self, now: float) -> None:
+        if self._snapshot_due_at(now) > now:
+            return
+        leaves = self.leaves
+        keys = leaves.keys()
+        if self._cursor is None:
+            # A new cycle starts at the lowest leaf id.
+            self.cycle_id = (self.cycle_id + 1) & 0xFFFF_FFFF
+            self._cycle_started_at = now
+            position = 0
+        else:
+            position = leaves.bisect_right(self._cursor)
+        count = len(leaves)
+        if count == 0:
+            template = Snapshot(0, 0, self.cycle_id, 0, 0, 0, self.next_seq, 0, 0,
+                                SnapshotFlag.DELETED | SnapshotFlag.LAST, b"")
+            payload = b""
+            self._cursor = None
+        elif position >= count:
+            # The leaves after the cursor were deleted: the cycle is over.
+            self._cursor = None
+            self.stats.cycles += 1
+            return
+        else:
+            leaf_id = keys[position]
+            range_start = keys[position - 1] + 1 if position else 0
+            last = position == count - 1
+            payload = self.model.encode_leaf(leaves[leaf_id])
+            template = Snapshot(leaf_id, range_start, self.cycle_id, position, count,
+                                self._leaf_seqs.get(leaf_id, 0), self.next_seq, len(payload), 0,
+                                SnapshotFlag.LAST if last else 0, b"")
+            self._cursor = None if last else leaf_id
+        if self._cursor is None:
+            self.stats.cycles += 1
+        self._queue.append(_QueuedSnapshot(template, payload))
+        self._snapshot_queued = True
+        self._tokens -= len(payload) + SNAPSHOT_OVERHEAD
+        self.stats.snapshots += 1
+        self.stats.snapshot_bytes += len(payload)
+
+    @staticmethod
+    def _check_leaf_id(leaf_id: int) -> None:
+        if not isinstance(leaf_id, int) or not 0 <= leaf_id <= wire.MAX_LEAF_ID:
+            raise EncodeError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")
