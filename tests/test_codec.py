@@ -1,0 +1,380 @@
+"""Round trips, fast path == construct path on generated datagrams, and EncodeError at the call."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
+    sys.path.insert(0, str(ROOT))
+
+from grapevine import codec, wire  # noqa: E402
+from grapevine._errors import DecodeError, EncodeError  # noqa: E402
+from grapevine.codec import (  # noqa: E402
+    AuthTag,
+    DatagramBuilder,
+    Decoded,
+    Delta,
+    EndOfSession,
+    Heartbeat,
+    Snapshot,
+    UnknownMessage,
+)
+from grapevine.wire import DeltaFlag, HeaderFlag, SnapshotFlag  # noqa: E402
+
+U32 = 2**32 - 1
+U64 = 2**64 - 1
+SESSION = 0x1234_5678_9ABC_DEF0
+
+
+def normalise(x: Any) -> Any:
+    """Comparable form of decoded values: memoryviews become bytes, tuples keep their type."""
+    if isinstance(x, memoryview | bytearray):
+        return bytes(x)
+    if isinstance(x, tuple):
+        return (type(x).__name__, *(normalise(i) for i in x))
+    if isinstance(x, list):
+        return [normalise(i) for i in x]
+    return x
+
+
+def builder_bytes(value: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes | None:
+    """The fast path's encoding of ``value`` (None where DatagramBuilder cannot express it)."""
+    if value.flags or value.auth is not None or value.version != wire.VERSION:
+        return None
+    builder = DatagramBuilder(value.stream_id, value.session_id, max_size)
+    builder.start(value.sequence)
+    for msg in value.messages:
+        if isinstance(msg, Delta):
+            ok = builder.add_delta(msg.leaf_id, msg.leaf_seq, msg.flags, msg.payload)
+        elif isinstance(msg, Snapshot):
+            ok = builder.add_snapshot(msg)
+        elif isinstance(msg, Heartbeat):
+            ok = builder.add_heartbeat(msg.interval_ms)
+        elif isinstance(msg, EndOfSession):
+            ok = builder.add_end_of_session()
+        else:
+            return None
+        assert ok
+    return bytes(builder.finish(value.send_time_ns))
+
+
+# --------------------------------------------------------------------------- strategies
+
+u32 = st.integers(0, U32)
+u64 = st.integers(0, U64)
+small_payload = st.binary(max_size=40)
+reserved_delta_bits = st.integers(0, 255).map(lambda f: f & ~3)
+reserved_snapshot_bits = st.integers(0, 255).map(lambda f: f & ~3)
+
+
+@st.composite
+def deltas(draw: st.DrawFn) -> Delta:
+    kind = draw(st.sampled_from([0, DeltaFlag.CREATE, DeltaFlag.DELETE]))
+    flags = int(kind) | draw(reserved_delta_bits)
+    data = b"" if kind == DeltaFlag.DELETE else draw(small_payload)
+    return Delta(0, draw(u32), draw(st.integers(1, U64)), flags, data)
+
+
+@st.composite
+def snapshots(draw: st.DrawFn, next_seq: int) -> Snapshot:
+    as_of = draw(st.integers(0, min(next_seq, U64)))
+    cycle_id = draw(u32)
+    leaf_seq = draw(u64)
+    extra = draw(reserved_snapshot_bits)
+    if draw(st.booleans()) and draw(st.booleans()):  # the empty-cycle marker
+        flags = int(SnapshotFlag.DELETED | SnapshotFlag.LAST) | extra
+        return Snapshot(0, 0, cycle_id, 0, 0, leaf_seq, as_of, 0, 0, flags, b"")
+    leaf_id = draw(u32)
+    range_start = draw(st.integers(0, leaf_id))
+    count = draw(st.integers(1, U32))
+    position = draw(st.integers(0, count - 1))
+    flags = extra | (SnapshotFlag.LAST if position == count - 1 else 0)
+    if draw(st.integers(0, 9)) == 0:
+        return Snapshot(leaf_id, range_start, cycle_id, position, count, leaf_seq, as_of, 0, 0,
+                        flags | SnapshotFlag.DELETED, b"")
+    data = draw(small_payload)
+    fragment_offset = draw(st.integers(0, U32 - len(data)))
+    total = draw(st.integers(fragment_offset + len(data), U32))
+    return Snapshot(leaf_id, range_start, cycle_id, position, count, leaf_seq, as_of, total,
+                    fragment_offset, flags, data)
+
+
+@st.composite
+def datagrams(draw: st.DrawFn, *, allow_extensions: bool = True) -> Decoded:
+    sequence = draw(st.one_of(st.integers(0, 10_000), u64))
+    seq = sequence
+    messages: list[codec.Message] = []
+    kinds = ["delta", "snapshot", "heartbeat", "eos"] + (["unknown"] if allow_extensions else [])
+    for kind in draw(st.lists(st.sampled_from(kinds), max_size=12)):
+        if kind == "delta":
+            messages.append(draw(deltas())._replace(seq=seq))
+            seq += 1
+        elif kind == "snapshot":
+            messages.append(draw(snapshots(seq)))
+        elif kind == "heartbeat":
+            messages.append(Heartbeat(draw(u32)))
+        elif kind == "eos":
+            messages.append(EndOfSession())
+        else:
+            unknown_kind = draw(st.one_of(st.just(0), st.integers(5, 255)))
+            messages.append(UnknownMessage(unknown_kind, draw(st.integers(0, 255)),
+                                           draw(small_payload)))
+    flags, auth = 0, None
+    if allow_extensions:
+        flags = draw(st.integers(0, 255))
+        if flags & HeaderFlag.AUTH:
+            auth = AuthTag(draw(u32), draw(st.binary(min_size=16, max_size=16)))
+    return Decoded(wire.VERSION, flags, draw(u32), draw(st.integers(1, U64)), sequence,
+                   draw(u64), messages, auth)
+
+
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+@FAST
+@given(datagrams())
+def test_construct_encoding_decodes_identically_on_both_paths(value: Decoded) -> None:
+    raw = codec.encode_with_construct(value)
+    fast = codec.decode(raw)
+    slow = codec.decode_with_construct(raw)
+    assert normalise(fast) == normalise(slow) == normalise(value)
+    assert codec.encode_with_construct(fast) == raw
+
+
+@FAST
+@given(datagrams(allow_extensions=False))
+def test_builder_and_construct_produce_identical_bytes(value: Decoded) -> None:
+    raw = codec.encode_with_construct(value)
+    assert builder_bytes(value) == raw
+    assert builder_bytes(value, max_size=max(len(raw), 85)) == raw
+
+
+@FAST
+@given(datagrams())
+def test_decode_accepts_bytes_bytearray_and_memoryview(value: Decoded) -> None:
+    raw = codec.encode_with_construct(value)
+    expected = normalise(codec.decode(raw))
+    assert normalise(codec.decode(bytearray(raw))) == expected
+    assert normalise(codec.decode(memoryview(raw))) == expected
+    assert normalise(codec.decode(memoryview(b"xx" + raw)[2:])) == expected
+    assert normalise(codec.decode_with_construct(memoryview(raw))) == expected
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_builder_round_trip_every_kind() -> None:
+    builder = DatagramBuilder(3, SESSION)
+    builder.start(100)
+    assert builder.add_delta(1, 1, DeltaFlag.CREATE, b"new")
+    assert builder.add_delta(1, 2, 0, b"change")
+    snap = Snapshot(1, 0, 4, 0, 1, 2, 102, 6, 0, SnapshotFlag.LAST, b"state!")
+    assert builder.add_snapshot(snap)
+    assert builder.add_heartbeat(1000)
+    assert builder.add_delta(1, 3, DeltaFlag.DELETE, b"")
+    assert builder.add_end_of_session()
+    assert (builder.count, builder.delta_count) == (6, 3)
+    raw = bytes(builder.finish(123456789))
+    decoded = codec.decode(raw)
+    assert (decoded.stream_id, decoded.session_id, decoded.sequence, decoded.send_time_ns) == (
+        3, SESSION, 100, 123456789)
+    assert [type(m).__name__ for m in decoded.messages] == [
+        "Delta", "Delta", "Snapshot", "Heartbeat", "Delta", "EndOfSession"]
+    assert [m.seq for m in decoded.messages if isinstance(m, Delta)] == [100, 101, 102]
+    assert normalise(decoded.messages[2]) == normalise(snap)
+    assert codec.encode_with_construct(decoded) == raw
+    assert normalise(codec.decode_with_construct(raw)) == normalise(decoded)
+
+
+def test_builder_fills_to_max_size_and_reports_full() -> None:
+    builder = DatagramBuilder(1, SESSION, 1400)
+    builder.start(1)
+    added = 0
+    while builder.add_delta(added, 1, 0, bytes(18)):
+        added += 1
+    assert added == (1400 - codec.HEADER_SIZE) // (codec.DELTA_OVERHEAD + 18) == 40
+    assert builder.room < codec.DELTA_OVERHEAD + 18
+    raw = builder.finish(0)
+    assert len(raw) == codec.HEADER_SIZE + added * (codec.DELTA_OVERHEAD + 18) <= 1400
+    assert len(codec.decode(raw).messages) == added
+    # A refused message leaves the datagram untouched.
+    before = bytes(raw)
+    assert not builder.add_delta(999, 1, 0, bytes(18))
+    assert bytes(builder.finish(0)) == before
+
+
+def test_builder_exact_fill() -> None:
+    builder = DatagramBuilder(1, SESSION, 1400)
+    builder.start(1)
+    assert builder.add_delta(1, 1, 0, bytes(1400 - codec.HEADER_SIZE - codec.DELTA_OVERHEAD))
+    assert builder.room == 0
+    assert not builder.add_end_of_session()
+    assert not builder.add_heartbeat(1)
+    assert len(builder.finish(0)) == 1400
+
+
+def test_builder_start_resets() -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(1)
+    builder.add_delta(1, 1, 0, b"abc")
+    builder.start(50)
+    assert (builder.count, builder.delta_count) == (0, 0)
+    decoded = codec.decode(builder.finish(7))
+    assert decoded.messages == []
+    assert decoded.sequence == 50
+
+
+def test_payloads_are_views_into_the_buffer() -> None:
+    raw = bytearray(codec.encode_with_construct(
+        Decoded(1, 0, 1, SESSION, 5, 0, [Delta(5, 1, 1, 0, b"abcd")])))
+    decoded = codec.decode(raw)
+    payload = decoded.messages[0].payload  # type: ignore[union-attr]
+    assert isinstance(payload, memoryview)
+    raw[-1] = ord("z")
+    assert bytes(payload) == b"abcz"
+
+
+def test_header_and_overhead_sizes_match_wire() -> None:
+    assert codec.HEADER_SIZE == wire.Header.sizeof() == 36
+    assert codec.MESSAGE_HEADER_SIZE == wire.MessageHeader.sizeof() == 4
+    assert codec.DELTA_OVERHEAD == 4 + wire.DeltaFields.sizeof() == 16
+    assert codec.SNAPSHOT_OVERHEAD == 4 + wire.SnapshotFields.sizeof() == 48
+    assert wire.AUTH_TRAILER_SIZE == 20
+    assert struct.calcsize(wire.struct_format(wire.Header)) == 36
+
+
+def test_sequence_numbers_of_deltas_skip_other_kinds() -> None:
+    value = Decoded(1, 0, 1, SESSION, 10, 0, [
+        Delta(0, 1, 1, 0, b""), Heartbeat(5), UnknownMessage(9, 0, b"zz"),
+        Snapshot(1, 0, 0, 0, 1, 1, 11, 0, 0, 0, b""), Delta(0, 1, 2, 0, b""), EndOfSession(),
+    ])
+    decoded = codec.decode(codec.encode_with_construct(value))
+    assert [m.seq for m in decoded.messages if isinstance(m, Delta)] == [10, 11]
+
+
+# --------------------------------------------------------------------------- EncodeError
+
+
+def _builder() -> DatagramBuilder:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(1)
+    return builder
+
+
+@pytest.mark.parametrize(("leaf_id", "leaf_seq", "flags"), [
+    (-1, 1, 0), (2**32, 1, 0), (1, -1, 0), (1, 2**64, 0), (1, 1, 256), (1, 1, -1),
+], ids=["negative_leaf_id", "leaf_id_2_32", "negative_leaf_seq", "leaf_seq_2_64",
+        "flags_256", "negative_flags"])
+def test_builder_rejects_unrepresentable_delta(leaf_id: int, leaf_seq: int, flags: int) -> None:
+    builder = _builder()
+    with pytest.raises(EncodeError):
+        builder.add_delta(leaf_id, leaf_seq, flags, b"x")
+    assert builder.count == 0
+    assert builder.room == builder.max_size - codec.HEADER_SIZE
+
+
+@pytest.mark.parametrize(("leaf_id", "leaf_seq"), [(-1, 1), (1, 2**64)],
+                         ids=["negative_leaf_id", "leaf_seq_2_64"])
+def test_construct_rejects_unrepresentable_delta(leaf_id: int, leaf_seq: int) -> None:
+    with pytest.raises(EncodeError):
+        codec.encode_with_construct(
+            Decoded(1, 0, 1, SESSION, 1, 0, [Delta(1, leaf_id, leaf_seq, 0, b"")]))
+
+
+def test_builder_rejects_payload_too_big_for_the_datagram() -> None:
+    builder = _builder()
+    with pytest.raises(EncodeError, match="cannot fit"):
+        builder.add_delta(1, 1, 0, bytes(1400 - codec.HEADER_SIZE - codec.DELTA_OVERHEAD + 1))
+    with pytest.raises(EncodeError, match="cannot fit"):
+        builder.add_snapshot(Snapshot(1, 0, 0, 0, 1, 1, 1, 2000, 0, 0, bytes(2000)))
+
+
+def test_construct_rejects_message_body_over_u16() -> None:
+    with pytest.raises(EncodeError, match="exceeds"):
+        codec.encode_with_construct(
+            Decoded(1, 0, 1, SESSION, 1, 0, [Delta(1, 1, 1, 0, bytes(0xFFFF - 11))]))
+
+
+def test_construct_rejects_datagram_over_udp_maximum() -> None:
+    big = [Delta(1, 1, 1, 0, bytes(40_000)), Delta(2, 1, 1, 0, bytes(40_000))]
+    with pytest.raises(EncodeError, match="exceeds the UDP maximum"):
+        codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 1, 0, big))
+    fill = wire.MAX_DATAGRAM_SIZE - codec.HEADER_SIZE - codec.DELTA_OVERHEAD
+    ok = codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 1, 0,
+                                             [Delta(1, 1, 1, 0, bytes(fill))]))
+    assert len(ok) == wire.MAX_DATAGRAM_SIZE
+    with pytest.raises(EncodeError):
+        codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 1, 0,
+                                            [Delta(1, 1, 1, 0, bytes(fill + 1))]))
+
+
+@pytest.mark.parametrize("max_size", [-1, 0, codec.HEADER_SIZE, codec.HEADER_SIZE
+                                      + codec.SNAPSHOT_OVERHEAD, wire.MAX_DATAGRAM_SIZE + 1])
+def test_builder_rejects_max_size_out_of_range(max_size: int) -> None:
+    with pytest.raises(EncodeError, match="max_size"):
+        DatagramBuilder(1, SESSION, max_size)
+
+
+def test_builder_accepts_max_size_bounds() -> None:
+    DatagramBuilder(1, SESSION, codec.HEADER_SIZE + codec.SNAPSHOT_OVERHEAD + 1)
+    DatagramBuilder(1, SESSION, wire.MAX_DATAGRAM_SIZE)
+
+
+@pytest.mark.parametrize(("stream_id", "session_id"), [(-1, 1), (2**32, 1), (1, 0), (1, -1),
+                                                       (1, 2**64)])
+def test_builder_rejects_bad_ids(stream_id: int, session_id: int) -> None:
+    with pytest.raises(EncodeError):
+        DatagramBuilder(stream_id, session_id)
+
+
+def test_builder_rejects_unrepresentable_header_and_fixed_messages() -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(2**64)
+    with pytest.raises(EncodeError):
+        builder.finish(0)
+    builder.start(1)
+    with pytest.raises(EncodeError):
+        builder.finish(-1)
+    with pytest.raises(EncodeError):
+        builder.add_heartbeat(2**32)
+    with pytest.raises(EncodeError):
+        builder.add_snapshot(Snapshot(-1, 0, 0, 0, 1, 1, 1, 0, 0, 0, b""))
+    with pytest.raises(EncodeError, match="overruns total_length"):
+        builder.add_snapshot(Snapshot(1, 0, 0, 0, 1, 1, 1, 3, 2, 0, b"ab"))
+    assert builder.count == 0
+
+
+@pytest.mark.parametrize("value", [
+    Decoded(1, 0, 1, SESSION, 1, 0, [Heartbeat(2**32)]),
+    Decoded(1, 0, 2**32, SESSION, 1, 0, []),
+    Decoded(1, 0, 1, 2**64, 1, 0, []),
+    Decoded(1, 0, 1, SESSION, -1, 0, []),
+    Decoded(256, 0, 1, SESSION, 1, 0, []),
+    Decoded(1, 1, 1, SESSION, 1, 0, [], AuthTag(1, bytes(15))),
+    Decoded(1, 1, 1, SESSION, 1, 0, [], AuthTag(-1, bytes(16))),
+    Decoded(1, 0, 1, SESSION, 1, 0, [Snapshot(1, 0, 0, 0, 1, 1, 2**64, 0, 0, 0, b"")]),
+    Decoded(1, 0, 1, SESSION, 1, 0, [UnknownMessage(256, 0, b"")]),
+    Decoded(1, 0, 1, SESSION, 1, 0, [EndOfSession()] * 65536),
+], ids=["heartbeat_interval", "stream_id", "session_id", "sequence", "version",
+        "auth_tag_length", "auth_key_id", "as_of_seq", "unknown_kind", "message_count"])
+def test_construct_rejects_unrepresentable_values(value: Decoded) -> None:
+    with pytest.raises(EncodeError):
+        codec.encode_with_construct(value)
+
+
+def test_decode_error_is_a_value_error_with_field_and_offset() -> None:
+    with pytest.raises(ValueError, match="bad magic") as info:
+        codec.decode(b"XXXX" + bytes(40))
+    assert isinstance(info.value, DecodeError)
+    assert (info.value.field, info.value.offset) == ("magic", 0)

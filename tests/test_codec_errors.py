@@ -1,0 +1,363 @@
+"""Malformed datagrams: one named test per case, and fuzzing that only DecodeError escapes.
+
+The contract (as in h11): decoding remote bytes either returns a value or raises
+DecodeError, nothing else, and the fast and construct paths agree on accept/reject and on
+the value when they accept.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
+    sys.path.insert(0, str(ROOT))
+
+from grapevine import codec, wire  # noqa: E402
+from grapevine._errors import DecodeError  # noqa: E402
+from grapevine.codec import Decoded, Delta, Heartbeat, Snapshot  # noqa: E402
+
+H = codec.HEADER_SIZE
+SESSION = 0xABCD
+VECTORS = {p.stem: bytes.fromhex(json.loads(p.read_text())["hex"])
+           for p in sorted((ROOT / "protocol" / "vectors").glob("*.json"))}
+
+
+def normalise(x: Any) -> Any:
+    if isinstance(x, memoryview | bytearray):
+        return bytes(x)
+    if isinstance(x, tuple):
+        return (type(x).__name__, *(normalise(i) for i in x))
+    if isinstance(x, list):
+        return [normalise(i) for i in x]
+    return x
+
+
+def header(count: int, *, sequence: int = 100, flags: int = 0, version: int = 1,
+           session_id: int = SESSION, magic: bytes = wire.MAGIC) -> bytes:
+    return struct.pack("<4sBBHIQQQ", magic, version, flags, count, 1, session_id, sequence, 0)
+
+
+def message(kind: int, body: bytes, *, flags: int = 0, length: int | None = None) -> bytes:
+    return struct.pack("<BBH", kind, flags, len(body) if length is None else length) + body
+
+
+def delta_body(leaf_id: int = 1, leaf_seq: int = 1, data: bytes = b"") -> bytes:
+    return struct.pack("<IQ", leaf_id, leaf_seq) + data
+
+
+def snapshot_body(*, leaf_id: int = 10, range_start: int = 5, cycle_id: int = 1,
+                  position: int = 0, count: int = 2, leaf_seq: int = 1, as_of_seq: int = 100,
+                  total_length: int | None = None, fragment_offset: int = 0,
+                  data: bytes = b"abc") -> bytes:
+    total = len(data) if total_length is None else total_length
+    return struct.pack("<IIIIIQQII", leaf_id, range_start, cycle_id, position, count, leaf_seq,
+                       as_of_seq, total, fragment_offset) + data
+
+
+def outcome(decoder: Any, data: bytes) -> Any:
+    """('ok', value) or ('error',): any other exception propagates and fails the test."""
+    try:
+        return ("ok", normalise(decoder(data)))
+    except DecodeError:
+        return ("error",)
+
+
+def check_agreement(data: bytes) -> None:
+    assert outcome(codec.decode, data) == outcome(codec.decode_with_construct, data)
+
+
+def reject(data: bytes, field: str, offset: int, reason: str = "") -> DecodeError:
+    with pytest.raises(DecodeError) as fast:
+        codec.decode(data)
+    assert (fast.value.field, fast.value.offset) == (field, offset), fast.value
+    assert reason in fast.value.reason
+    with pytest.raises(DecodeError):
+        codec.decode_with_construct(data)
+    return fast.value
+
+
+def accept(data: bytes) -> Decoded:
+    fast = codec.decode(data)
+    assert normalise(codec.decode_with_construct(data)) == normalise(fast)
+    return fast
+
+
+# --------------------------------------------------------------------------- header
+
+
+def test_empty_datagram() -> None:
+    reject(b"", "header", 0, "shorter than")
+
+
+@pytest.mark.parametrize("size", [1, 4, 6, 12, 20, 28, H - 1])
+def test_truncated_header(size: int) -> None:
+    reject(header(0)[:size], "header", size, "shorter than")
+
+
+def test_bad_magic() -> None:
+    reject(header(0, magic=b"LC02"), "magic", 0, "bad magic")
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_unsupported_version(version: int) -> None:
+    reject(header(0, version=version), "version", 4, f"unsupported version {version}")
+
+
+def test_session_id_zero() -> None:
+    reject(header(0, session_id=0), "session_id", 12, "must not be 0")
+
+
+def test_auth_flag_without_room_for_trailer() -> None:
+    reject(header(0, flags=1) + bytes(19), "auth", H, "auth trailer")
+
+
+def test_auth_trailer_overlapping_messages() -> None:
+    data = header(1, flags=1) + message(1, delta_body(data=b"abcdefgh")) + bytes(10)
+    reject(data, "messages[0].length", H + 2, "overruns")
+
+
+def test_zero_messages_is_valid() -> None:
+    assert accept(header(0)).messages == []
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def test_message_count_too_high() -> None:
+    data = header(2) + message(1, delta_body())
+    reject(data, "messages[1]", len(data), "message_count says 2")
+
+
+def test_message_count_too_low_leaves_trailing_bytes() -> None:
+    data = header(1) + message(1, delta_body()) + message(3, b"\x01\x00\x00\x00")
+    reject(data, "messages", H + 16, "8 trailing bytes")
+
+
+def test_trailing_bytes() -> None:
+    data = header(1) + message(3, b"\x01\x00\x00\x00") + b"\x00"
+    reject(data, "messages", H + 8, "1 trailing bytes")
+
+
+def test_partial_message_header() -> None:
+    reject(header(1) + b"\x01\x00\x0c", "messages[0]", H, "missing or truncated")
+
+
+def test_length_overruns_datagram() -> None:
+    reject(header(1) + message(1, delta_body(), length=13), "messages[0].length", H + 2,
+           "overruns")
+
+
+def test_unknown_kind_length_overruns_datagram() -> None:
+    reject(header(1) + message(99, b"abc", length=4), "messages[0].length", H + 2, "overruns")
+
+
+def test_error_names_the_failing_message() -> None:
+    data = header(3) + message(3, b"\x01\x00\x00\x00") + message(4, b"") + message(1, b"abc")
+    reject(data, "messages[2].length", H + 8 + 4 + 2, "below the minimum 12")
+
+
+def test_delta_shorter_than_12_bytes() -> None:
+    reject(header(1) + message(1, delta_body()[:11]), "messages[0].length", H + 2,
+           "below the minimum 12")
+
+
+def test_snapshot_shorter_than_44_bytes() -> None:
+    reject(header(1) + message(2, snapshot_body(data=b"")[:43]), "messages[0].length", H + 2,
+           "below the minimum 44")
+
+
+def test_heartbeat_shorter_than_4_bytes() -> None:
+    reject(header(1) + message(3, b"\x01\x00\x00"), "messages[0].length", H + 2,
+           "below the minimum 4")
+
+
+# --------------------------------------------------------------------------- DELTA rules
+
+
+def test_delta_create_and_delete_together() -> None:
+    reject(header(1) + message(1, delta_body(), flags=3), "messages[0].flags", H + 1,
+           "exclusive")
+
+
+def test_delta_delete_with_payload() -> None:
+    reject(header(1) + message(1, delta_body(data=b"x"), flags=2), "messages[0].payload",
+           H + 16, "empty payload")
+
+
+def test_delta_leaf_seq_zero() -> None:
+    reject(header(1) + message(1, delta_body(leaf_seq=0)), "messages[0].leaf_seq", H + 8,
+           "at least 1")
+
+
+def test_delta_reserved_flags_are_ignored() -> None:
+    decoded = accept(header(1) + message(1, delta_body(data=b"x"), flags=0xF4))
+    assert decoded.messages[0].flags == 0xF4  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- SNAPSHOT rules
+
+S = H + 4  # snapshot body offset when it is the first message
+
+
+def test_snapshot_range_start_above_leaf_id() -> None:
+    reject(header(1) + message(2, snapshot_body(leaf_id=4, range_start=5)),
+           "messages[0].range_start", S + 4, "above leaf_id")
+
+
+def test_snapshot_cycle_position_equal_to_count() -> None:
+    reject(header(1) + message(2, snapshot_body(position=2, count=2)),
+           "messages[0].cycle_position", S + 12, "not below cycle_count")
+
+
+def test_snapshot_cycle_count_zero_without_marker_flags() -> None:
+    body = snapshot_body(leaf_id=0, range_start=0, position=0, count=0, total_length=0,
+                         data=b"")
+    reject(header(1) + message(2, body, flags=1), "messages[0].cycle_count", S + 16,
+           "DELETED|LAST")
+
+
+def test_snapshot_cycle_count_zero_with_position() -> None:
+    body = snapshot_body(leaf_id=0, range_start=0, position=1, count=0, total_length=0,
+                         data=b"")
+    reject(header(1) + message(2, body, flags=3), "messages[0].cycle_count", S + 16)
+
+
+def test_snapshot_empty_cycle_marker_is_valid() -> None:
+    body = snapshot_body(leaf_id=0, range_start=0, position=0, count=0, total_length=0,
+                         data=b"")
+    snap = accept(header(1) + message(2, body, flags=3)).messages[0]
+    assert isinstance(snap, Snapshot)
+    assert (snap.cycle_count, snap.flags) == (0, 3)
+
+
+def test_snapshot_as_of_seq_ahead_of_header_sequence() -> None:
+    reject(header(1, sequence=100) + message(2, snapshot_body(as_of_seq=101)),
+           "messages[0].as_of_seq", S + 28, "ahead of the stream")
+
+
+def test_snapshot_as_of_seq_counts_preceding_deltas() -> None:
+    deltas = message(1, delta_body()) + message(1, delta_body(leaf_seq=2))
+    ok = header(3, sequence=100) + deltas + message(2, snapshot_body(as_of_seq=102))
+    assert accept(ok).messages[2].as_of_seq == 102  # type: ignore[union-attr]
+    bad = header(3, sequence=100) + deltas + message(2, snapshot_body(as_of_seq=103))
+    reject(bad, "messages[2].as_of_seq", H + 32 + 4 + 28, "ahead of the stream")
+
+
+def test_snapshot_as_of_seq_does_not_count_following_deltas() -> None:
+    data = header(2, sequence=100) + message(2, snapshot_body(as_of_seq=101)) + message(
+        1, delta_body())
+    reject(data, "messages[0].as_of_seq", S + 28, "ahead of the stream")
+
+
+def test_snapshot_fragment_overruns_total_length() -> None:
+    reject(header(1) + message(2, snapshot_body(total_length=5, fragment_offset=3)),
+           "messages[0].fragment_offset", S + 40, "overruns total_length")
+
+
+def test_snapshot_fragment_offset_near_u32_max() -> None:
+    body = snapshot_body(total_length=2**32 - 1, fragment_offset=2**32 - 2)
+    reject(header(1) + message(2, body), "messages[0].fragment_offset", S + 40)
+
+
+def test_snapshot_deleted_with_total_length() -> None:
+    reject(header(1) + message(2, snapshot_body(total_length=3), flags=1),
+           "messages[0].total_length", S + 36, "total_length 0")
+
+
+# --------------------------------------------------------------------------- forward compatibility
+
+
+def test_unknown_kind_is_skipped_and_consumes_no_sequence() -> None:
+    data = (header(3, sequence=7) + message(1, delta_body()) + message(77, b"future")
+            + message(1, delta_body(leaf_seq=2)))
+    decoded = accept(data)
+    assert [m.seq for m in decoded.messages if isinstance(m, Delta)] == [7, 8]
+    assert bytes(decoded.messages[1].body) == b"future"  # type: ignore[union-attr]
+
+
+def test_heartbeat_extra_body_is_ignored() -> None:
+    decoded = accept(header(1) + message(3, b"\xe8\x03\x00\x00extra"))
+    assert decoded.messages == [Heartbeat(1000)]
+
+
+def test_end_of_session_extra_body_is_ignored() -> None:
+    assert len(accept(header(1) + message(4, b"\x01\x02")).messages) == 1
+
+
+def test_reserved_header_flags_are_ignored() -> None:
+    assert accept(header(0, flags=0xFE)).flags == 0xFE
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SMALL_VECTORS = sorted(v for v in VECTORS.values() if len(v) <= 4000)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    check_agreement(data)
+
+
+@FUZZ
+@given(st.integers(0, 12), st.integers(0, 255), st.integers(0, 2**64 - 1),
+       st.binary(max_size=200))
+def test_fuzz_valid_header_random_body(count: int, flags: int, sequence: int,
+                                       body: bytes) -> None:
+    check_agreement(header(count, flags=flags, sequence=sequence) + body)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SMALL_VECTORS)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "set"]))
+        if op == "insert" or not data:
+            data.insert(draw(st.integers(0, len(data))), draw(st.integers(0, 255)))
+            continue
+        at = draw(st.integers(0, len(data) - 1))
+        if op == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "delete":
+            del data[at]
+        else:
+            data[at] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@FUZZ
+@given(mutated())
+def test_fuzz_mutated_vectors(data: bytes) -> None:
+    check_agreement(data)
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_every_truncation_of_every_vector(name: str) -> None:
+    data = VECTORS[name]
+    for cut in range(len(data)):
+        check_agreement(data[:cut])
+    check_agreement(data)
+
+
+def test_truncations_of_valid_vectors_are_rejected() -> None:
+    """Every proper prefix of a valid vector is invalid (framing is exact)."""
+    for data in VECTORS.values():
+        if len(data) > 4000:
+            continue
+        try:
+            codec.decode(data)
+        except DecodeError:
+            continue
+        for cut in range(len(data)):
+            with pytest.raises(DecodeError):
+                codec.decode(data[:cut])

@@ -1,0 +1,230 @@
+"""The golden vectors in protocol/vectors/: both decoders, both encoders, describe(), freshness."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
+    sys.path.insert(0, str(ROOT))
+
+from grapevine import codec, wire  # noqa: E402
+from grapevine._errors import DecodeError  # noqa: E402
+from grapevine.codec import Delta, EndOfSession, Heartbeat, Snapshot  # noqa: E402
+
+VECTOR_DIR = ROOT / "protocol" / "vectors"
+VECTOR_FILES = sorted(VECTOR_DIR.glob("*.json"))
+VECTORS = [json.loads(p.read_text()) for p in VECTOR_FILES]
+VALID = [v for v in VECTORS if v["valid"]]
+INVALID = [v for v in VECTORS if not v["valid"]]
+
+
+def load_make_vectors() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_vectors", ROOT / "tools/make_vectors.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ids(vectors: list[dict[str, Any]]) -> list[str]:
+    return [v["name"] for v in vectors]
+
+
+def message_json(msg: codec.Message) -> dict[str, Any]:
+    """The decoder's view of a message in the vector files' vocabulary (length excluded)."""
+    if isinstance(msg, Delta):
+        return {"kind": 1, "kind_name": "DELTA", "flags": msg.flags, "seq": msg.seq,
+                "leaf_id": msg.leaf_id, "leaf_seq": msg.leaf_seq,
+                "payload": bytes(msg.payload).hex()}
+    if isinstance(msg, Snapshot):
+        out: dict[str, Any] = {"kind": 2, "kind_name": "SNAPSHOT", "flags": msg.flags}
+        for name in [s.name for s in wire.SnapshotFields.subcons]:
+            out[name] = getattr(msg, name)
+        out["payload"] = bytes(msg.payload).hex()
+        return out
+    if isinstance(msg, Heartbeat):
+        return {"kind": 3, "kind_name": "HEARTBEAT", "flags": 0, "interval_ms": msg.interval_ms}
+    if isinstance(msg, EndOfSession):
+        return {"kind": 4, "kind_name": "END_OF_SESSION", "flags": 0}
+    return {"kind": msg.kind, "kind_name": "UNKNOWN", "flags": msg.flags,
+            "body": bytes(msg.body).hex()}
+
+
+def datagram_json(value: codec.Decoded, raw: bytes) -> dict[str, Any]:
+    header = dict(zip([s.name for s in wire.Header.subcons],
+                      struct.unpack_from(wire.struct_format(wire.Header), raw), strict=True))
+    header["magic"] = header["magic"].decode("ascii")
+    assert header["version"] == value.version
+    assert header["flags"] == value.flags
+    assert header["message_count"] == len(value.messages)
+    assert (header["stream_id"], header["session_id"], header["sequence"],
+            header["send_time_ns"]) == (value.stream_id, value.session_id, value.sequence,
+                                        value.send_time_ns)
+    auth = ({"key_id": value.auth.key_id, "tag": value.auth.tag.hex()}
+            if value.auth is not None else None)
+    return {"header": header, "messages": [message_json(m) for m in value.messages],
+            "auth": auth}
+
+
+def message_lengths(raw: bytes, count: int) -> list[int]:
+    """Each message's length field, walking the bytes independently of codec."""
+    lengths, offset = [], codec.HEADER_SIZE
+    for _ in range(count):
+        (length,) = struct.unpack_from("<H", raw, offset + 2)
+        lengths.append(length)
+        offset += 4 + length
+    return lengths
+
+
+MV = load_make_vectors()
+
+
+def comparable(value: codec.Decoded) -> Any:
+    return MV.normalise(value)
+
+
+def test_there_are_vectors() -> None:
+    assert len(VALID) >= 20
+    assert len(INVALID) >= 40
+    assert [p.stem for p in VECTOR_FILES] == sorted(ids(VECTORS))
+
+
+@pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
+def test_valid_vector_decodes(vector: dict[str, Any]) -> None:
+    raw = bytes.fromhex(vector["hex"])
+    assert len(raw) == vector["size"]
+    fast = codec.decode(raw)
+    slow = codec.decode_with_construct(raw)
+    assert comparable(fast) == comparable(slow)
+    expected = json.loads(json.dumps(vector["fields"]))
+    for msg in expected["messages"]:
+        msg.pop("length")
+    assert datagram_json(fast, raw) == expected
+    lengths = [m["length"] for m in vector["fields"]["messages"]]
+    assert message_lengths(raw, len(fast.messages)) == lengths
+
+
+@pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
+def test_valid_vector_reencodes(vector: dict[str, Any]) -> None:
+    raw = bytes.fromhex(vector["hex"])
+    decoded = codec.decode(raw)
+    rebuilt = codec.encode_with_construct(decoded)
+    fast = MV.build_with_builder(decoded)
+    if vector.get("reencodes", True):
+        assert rebuilt == raw
+        if fast is not None:
+            assert fast == raw
+    else:
+        # Forward-compatible extras are dropped: the re-encoding is the canonical form.
+        assert len(rebuilt) < len(raw)
+        assert comparable(codec.decode(rebuilt)) == comparable(decoded)
+
+
+def test_builder_covers_most_vectors() -> None:
+    builder = MV.build_with_builder
+    covered = [v["name"] for v in VALID if builder(codec.decode(bytes.fromhex(v["hex"])))]
+    assert len(covered) >= len(VALID) - 5, covered
+
+
+@pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
+def test_valid_vector_describes(vector: dict[str, Any]) -> None:
+    decoded = codec.decode(bytes.fromhex(vector["hex"]))
+    text = codec.describe(decoded)
+    lines = text.splitlines()
+    header = vector["fields"]["header"]
+    assert lines[0].startswith(f"grapevine v1 stream={header['stream_id']} ")
+    assert f"sequence={header['sequence']}" in lines[0]
+    assert f"messages={header['message_count']}" in lines[0]
+    assert len(lines) == header["message_count"] + 1 + (decoded.auth is not None)
+    for line, msg in zip(lines[1:], vector["fields"]["messages"], strict=False):
+        assert line.startswith("  " + msg["kind_name"])
+        if "leaf_id" in msg:
+            assert f"leaf={msg['leaf_id']} " in line
+    assert all(len(line) < 400 and line.isprintable() for line in lines)
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=ids(INVALID))
+def test_invalid_vector_is_rejected(vector: dict[str, Any]) -> None:
+    raw = bytes.fromhex(vector["hex"])
+    error = vector["error"]
+    with pytest.raises(DecodeError) as fast:
+        codec.decode(raw)
+    assert fast.value.field == error["field"]
+    assert fast.value.offset == error["offset"]
+    assert error["reason_contains"] in fast.value.reason
+    with pytest.raises(DecodeError) as slow:
+        codec.decode_with_construct(raw)
+    assert slow.value.field == error["construct_field"]
+    if not slow.value.field.startswith("(parsing)"):
+        # A semantic check (not a construct parse failure): both paths name the same field.
+        assert slow.value.field == error["field"]
+
+
+def test_every_semantic_check_has_a_vector() -> None:
+    fields = {v["error"]["field"].split(".")[-1] for v in INVALID}
+    assert {"magic", "version", "session_id", "auth", "length", "flags", "payload",
+            "leaf_seq", "range_start", "cycle_count", "cycle_position", "as_of_seq",
+            "fragment_offset", "total_length", "messages", "header"} <= fields
+
+
+def test_vectors_on_disk_are_up_to_date() -> None:
+    files = load_make_vectors().expected_files()
+    on_disk = {p.name: p.read_text() for p in VECTOR_FILES}
+    assert sorted(files) == sorted(on_disk)
+    for name, text in files.items():
+        assert on_disk[name] == text, f"{name} differs: re-run tools/make_vectors.py"
+
+
+def test_generator_is_deterministic() -> None:
+    first = load_make_vectors().expected_files()
+    second = load_make_vectors().expected_files()
+    assert first == second
+
+
+def test_required_vectors_exist() -> None:
+    names = set(ids(VECTORS))
+    required = {
+        "delta", "delta_create", "delta_delete", "snapshot", "snapshot_fragment_1_of_3",
+        "snapshot_fragment_2_of_3", "snapshot_fragment_3_of_3", "snapshot_empty_cycle",
+        "heartbeat", "end_of_session", "batch_deltas", "mixed_batch", "empty_payload",
+        "max_default_size", "max_field_values", "max_datagram_size", "unknown_kind",
+        "reserved_flags", "auth_trailer", "bad_magic", "unsupported_version",
+        "session_id_zero", "message_length_overrun", "message_count_too_high",
+        "message_count_too_low", "trailing_bytes", "delta_too_short",
+        "snapshot_fragment_overrun", "snapshot_as_of_seq_ahead",
+        "snapshot_position_not_below_count", "delta_create_and_delete",
+        "delta_delete_with_payload", "delta_leaf_seq_zero",
+    }
+    assert required <= names, required - names
+    by_name = {v["name"]: v for v in VECTORS}
+    assert by_name["max_default_size"]["size"] == wire.DEFAULT_DATAGRAM_SIZE
+    assert by_name["max_datagram_size"]["size"] == wire.MAX_DATAGRAM_SIZE
+    truncated = [n for n in names if n.startswith("truncated_")]
+    assert len(truncated) >= 9 + 6 + 13
+
+
+def test_fragments_reassemble() -> None:
+    by_name = {v["name"]: v for v in VECTORS}
+    parts = [codec.decode(bytes.fromhex(by_name[f"snapshot_fragment_{i}_of_3"]["hex"]))
+             .messages[0] for i in (1, 2, 3)]
+    assert all(isinstance(p, Snapshot) for p in parts)
+    whole = bytearray(parts[0].total_length)  # type: ignore[union-attr]
+    covered = 0
+    for part in parts:
+        assert isinstance(part, Snapshot)
+        assert (part.leaf_id, part.leaf_seq, part.as_of_seq) == (7, 12, 2000)
+        whole[part.fragment_offset : part.fragment_offset + len(part.payload)] = part.payload
+        covered += len(part.payload)
+    assert covered == len(whole) == 3000
+    for i in (1, 2, 3):
+        assert by_name[f"snapshot_fragment_{i}_of_3"]["size"] <= wire.DEFAULT_DATAGRAM_SIZE
