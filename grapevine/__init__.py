@@ -8,8 +8,12 @@ detect loss, repair exactly the leaves that loss touched and know when they are 
 from __future__ import annotations
 
 from ._errors import ClosedError, ConfigError, DecodeError, EncodeError, GrapevineError
+from ._publisher_core import PublisherConfig, QueueFullError
+from ._subscriber_core import Status, StatusEvent, SubscriberConfig, UpdateKind
 from .codec import decode, describe
 from .model import BytesModel, LeafModel
+from .publisher import Publisher
+from .subscriber import Replica, Subscriber
 
 __version__ = "0.1.0"
 
@@ -21,6 +25,15 @@ __all__ = [
     "EncodeError",
     "GrapevineError",
     "LeafModel",
+    "Publisher",
+    "PublisherConfig",
+    "QueueFullError",
+    "Replica",
+    "Status",
+    "StatusEvent",
+    "Subscriber",
+    "SubscriberConfig",
+    "UpdateKind",
     "__version__",
     "decode",
     "describe",

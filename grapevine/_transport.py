@@ -1,0 +1,148 @@
+"""Multicast sockets: the only module that sets socket options or joins groups.
+
+Defaults keep traffic on the host: interface 127.0.0.1 and TTL 0. Sending anywhere else is
+something a caller asks for by naming an interface address (and a TTL above 0).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+import sys
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_INTERFACE",
+    "DEFAULT_PORT",
+    "ReceiveSocket",
+    "check_endpoint",
+    "open_receiver",
+    "open_sender",
+]
+
+log = logging.getLogger("grapevine")
+
+DEFAULT_GROUP = "239.255.71.1"  # administratively scoped (RFC 2365), never routed off-site
+DEFAULT_PORT = 47100
+DEFAULT_INTERFACE = "127.0.0.1"
+DEFAULT_RECEIVE_BUFFER = 4 << 20
+
+# Linux socket options the socket module does not name.
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
+_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL",
+                            49 if sys.platform.startswith("linux") else None)
+_U32 = struct.Struct("=I")
+
+
+def check_endpoint(group: str, port: int, interface: str) -> None:
+    """Raise :class:`ConfigError` unless group is IPv4 multicast, port valid, interface IPv4."""
+    try:
+        address = ipaddress.IPv4Address(group)
+    except ValueError:
+        raise ConfigError(f"group {group!r} is not an IPv4 address") from None
+    if not address.is_multicast:
+        raise ConfigError(f"group {group} is not a multicast address (224.0.0.0/4)")
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port {port!r} must be an int in 1..65535")
+    try:
+        ipaddress.IPv4Address(interface)
+    except ValueError:
+        raise ConfigError(f"interface {interface!r} must be the IPv4 address of a local "
+                          "interface (default 127.0.0.1)") from None
+
+
+def open_sender(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
+                ttl: int = 0) -> socket.socket:
+    """A UDP socket connected to group:port, sending through ``interface`` with ``ttl``."""
+    check_endpoint(group, port, interface)
+    if not 0 <= ttl <= 255:
+        raise ConfigError(f"ttl {ttl} must be in 0..255")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.bind((interface, 0))
+        sock.connect((group, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ReceiveSocket:
+    """A socket joined to one group; reads with ``recvmsg_into`` to get kernel drop counts."""
+
+    def __init__(self, sock: socket.socket, buffer_size: int, drops_supported: bool) -> None:
+        self.sock = sock
+        self.buffer_size = buffer_size
+        self.drops_supported = drops_supported
+        self.kernel_drops = 0
+        self._ancillary = socket.CMSG_SPACE(_U32.size) if drops_supported else 0
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Read one datagram into ``buffer``; updates :attr:`kernel_drops`."""
+        if not self._ancillary:
+            return self.sock.recv_into(buffer)
+        size, ancdata, _flags, _address = self.sock.recvmsg_into([buffer], self._ancillary)
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
+                self.kernel_drops = _U32.unpack_from(data)[0]
+        return size
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_receiver(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
+                  buffer_bytes: int = DEFAULT_RECEIVE_BUFFER) -> ReceiveSocket:
+    """A socket bound to group:port and joined on ``interface``.
+
+    SO_REUSEADDR lets several subscribers on one host share the port. The receive buffer
+    is set to ``buffer_bytes``; if the OS clamps it (net.core.rmem_max) a warning is logged.
+    """
+    check_endpoint(group, port, interface)
+    if buffer_bytes < 4096:
+        raise ConfigError("buffer_bytes must be at least 4096")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT") and sys.platform == "darwin":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        # Linux reports twice the usable size; compare against what we asked for.
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if sys.platform.startswith("linux"):
+            granted //= 2
+        if granted < buffer_bytes:
+            log.warning(
+                "receive buffer clamped to %d bytes (asked %d): raise net.core.rmem_max to "
+                "avoid drops under bursts", granted, buffer_bytes,
+            )
+        # Bind to the group (not INADDR_ANY) so other groups on this port are not received.
+        sock.bind((group, port))
+        if _IP_MULTICAST_ALL is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+            except OSError:
+                pass  # not Linux after all; binding to the group still filters
+        membership = socket.inet_aton(group) + socket.inet_aton(interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        drops = False
+        if _SO_RXQ_OVFL is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+                drops = True
+            except OSError:
+                drops = False
+    except OSError:
+        sock.close()
+        raise
+    return ReceiveSocket(sock, granted, drops)

@@ -1,0 +1,309 @@
+"""The subscriber: a live replica of a publisher's state, kept by two named threads.
+
+* ``grapevine-receiver[group:port/stream]`` reads datagrams with ``recv_into`` into one
+  preallocated buffer and feeds them to :class:`~grapevine._subscriber_core.SubscriberCore`
+  under the replica lock (one lock round per datagram);
+* ``grapevine-dispatch[...]`` runs user callbacks (see :mod:`grapevine._dispatch`), unless
+  ``callbacks_on_receiver_thread=True`` asks for them inline (faster, but a slow callback
+  then delays reading the socket).
+
+Usage::
+
+    with Subscriber(model, group="239.255.71.1", port=47100) as sub:
+        sub.on_leaf(7, lambda leaf_id, kind, leaf, delta: print(leaf))
+        sub.wait_synced(timeout=5)
+        with sub.locked() as replica:
+            print(replica.get(7))
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any, Generic
+
+from . import wire
+from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
+from ._errors import ClosedError, ConfigError
+from ._subscriber_core import (
+    Status,
+    StatusEvent,
+    SubscriberConfig,
+    SubscriberCore,
+    UpdateKind,
+)
+from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
+from .model import DeltaT, LeafModel, LeafT
+
+__all__ = ["Replica", "Status", "StatusEvent", "Subscriber", "SubscriberConfig", "UpdateKind"]
+
+log = logging.getLogger("grapevine")
+
+DropFilter = Callable[[memoryview], bool]
+
+
+class Replica(Generic[LeafT]):
+    """Read access to the replica while :meth:`Subscriber.locked` holds its lock."""
+
+    def __init__(self, core: SubscriberCore[LeafT, Any]) -> None:
+        self._core = core
+
+    def get(self, leaf_id: int) -> LeafT:
+        """The leaf's value (KeyError if the replica does not hold it)."""
+        value: LeafT = self._core.get(leaf_id)
+        return value
+
+    def leaf_ids(self) -> list[int]:
+        """Ids of the leaves held, ascending."""
+        return list(self._core.values())
+
+    def items(self) -> list[tuple[int, LeafT]]:
+        """(leaf_id, value) pairs, ascending by id."""
+        return list(self._core.values().items())
+
+    def is_fresh(self, leaf_id: int) -> bool:
+        """True if the leaf is known to equal the publisher's (as of the last datagram)."""
+        return self._core.is_fresh(leaf_id)
+
+    def stale_leaves(self) -> list[int]:
+        """Leaves that may be wrong (stale or suspect after a gap)."""
+        return self._core.stale_leaves()
+
+    def __len__(self) -> int:
+        return len(self._core.values())
+
+
+class Subscriber(Generic[LeafT, DeltaT]):
+    """Keeps a replica of one stream and reports changes to callbacks.
+
+    Args:
+        model: how leaves and deltas are decoded and applied (a :class:`LeafModel`).
+        group, port: the multicast group and UDP port (IPv4).
+        stream_id: which stream on that group/port to follow.
+        interface: address of the local interface to join on (default loopback).
+        config: timing and limits (:class:`SubscriberConfig`); ``stream_id`` overrides it.
+        receive_buffer_bytes: SO_RCVBUF to ask for (a warning is logged if clamped).
+        callbacks_on_receiver_thread: run callbacks inline on the receiver thread.
+        max_callback_backlog: updates callbacks may fall behind before conflation.
+        drop_filter: fault injection for tests and demos: called with each received
+            datagram; True drops it as if the network had lost it.
+    """
+
+    def __init__(
+        self,
+        model: LeafModel[LeafT, DeltaT],
+        *,
+        group: str = DEFAULT_GROUP,
+        port: int = DEFAULT_PORT,
+        stream_id: int = 0,
+        interface: str = DEFAULT_INTERFACE,
+        config: SubscriberConfig | None = None,
+        receive_buffer_bytes: int = 4 << 20,
+        callbacks_on_receiver_thread: bool = False,
+        max_callback_backlog: int = 100_000,
+        drop_filter: DropFilter | None = None,
+    ) -> None:
+        if not isinstance(model, LeafModel):
+            raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
+        if max_callback_backlog < 1:
+            raise ConfigError("max_callback_backlog must be positive")
+        base = config or SubscriberConfig()
+        self.config = SubscriberConfig(**{**asdict(base), "stream_id": stream_id})
+        self.group, self.port, self.stream_id = group, port, stream_id
+        self._core: SubscriberCore[LeafT, DeltaT] = SubscriberCore(model, self.config)
+        self._socket = open_receiver(group, port, interface=interface,
+                                     buffer_bytes=receive_buffer_bytes)
+        self._lock = threading.Lock()
+        self._synced = threading.Condition(self._lock)
+        self._callbacks = Callbacks()
+        self._drop_filter = drop_filter
+        self.injected_drops = 0
+        self.internal_errors = 0
+        self._closing = threading.Event()
+        self._closed = False
+        label = f"{group}:{port}/{stream_id}"
+        self._dispatcher: Dispatcher | None = None
+        if not callbacks_on_receiver_thread:
+            self._dispatcher = Dispatcher(self._callbacks, f"grapevine-dispatch[{label}]",
+                                          max_callback_backlog)
+        self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
+                                          name=f"grapevine-receiver[{label}]")
+        self._receiver.start()
+
+    # ------------------------------------------------------------------ callbacks
+
+    def on_leaf(self, leaf_id: int, callback: LeafCallback) -> None:
+        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of one leaf."""
+        self._check_open()
+        if not callable(callback):
+            raise TypeError(f"callback {callback!r} is not callable")
+        if not 0 <= leaf_id <= wire.MAX_LEAF_ID:
+            raise ConfigError(f"leaf_id {leaf_id} is outside 0..{wire.MAX_LEAF_ID}")
+        self._callbacks.by_leaf.setdefault(leaf_id, []).append(callback)
+
+    def on_update(self, callback: LeafCallback) -> None:
+        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of every leaf.
+
+        ``kind`` is an :class:`UpdateKind`; ``delta`` is the decoded delta for CHANGED and
+        None otherwise; ``leaf`` is None for DELETED. Mutable leaves may change again while
+        the callback runs on the dispatcher thread: use :meth:`locked` to read consistently.
+        """
+        self._check_open()
+        if not callable(callback):
+            raise TypeError(f"callback {callback!r} is not callable")
+        self._callbacks.every_leaf.append(callback)
+
+    def on_status(self, callback: StatusCallback) -> None:
+        """Call ``callback(event)`` with every :class:`StatusEvent` (synced, gap, ...)."""
+        self._check_open()
+        if not callable(callback):
+            raise TypeError(f"callback {callback!r} is not callable")
+        self._callbacks.status.append(callback)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def synced(self) -> bool:
+        """True when every leaf is known and fresh, from a live publisher session."""
+        return self._core.synced
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """Block until synced (True) or until ``timeout`` seconds pass (False)."""
+        with self._synced:
+            return self._synced.wait_for(lambda: self._core.synced or self._closed, timeout) \
+                and self._core.synced
+
+    @contextmanager
+    def locked(self) -> Iterator[Replica[LeafT]]:
+        """Hold the replica still (the receiver waits) and read it consistently."""
+        self._check_open()
+        with self._lock:
+            yield Replica(self._core)
+
+    def get(self, leaf_id: int) -> LeafT:
+        """The leaf's current value (KeyError if not held). Safe for immutable leaves."""
+        with self._lock:
+            value: LeafT = self._core.get(leaf_id)
+            return value
+
+    def values(self) -> dict[int, LeafT]:
+        """A dict of every leaf held (the values themselves, not copies)."""
+        with self._lock:
+            return dict(self._core.values())
+
+    def stale_leaves(self) -> list[int]:
+        """Leaves that may be wrong right now."""
+        with self._lock:
+            return self._core.stale_leaves()
+
+    def progress(self) -> tuple[int, int]:
+        """(fresh leaves, leaves the publisher announced): sync progress."""
+        with self._lock:
+            return self._core.progress()
+
+    @property
+    def session_id(self) -> int | None:
+        """The publisher session being followed."""
+        return self._core.session_id
+
+    def stats(self) -> dict[str, int]:
+        """Every counter: the core's, plus callbacks, conflation, kernel and injected drops."""
+        with self._lock:
+            values = asdict(self._core.stats)
+            values["stale_leaves"] = self._core.unverified
+        values["kernel_drops"] = self._socket.kernel_drops
+        values["injected_drops"] = self.injected_drops
+        values["callback_errors"] = self._callbacks.errors
+        values["conflated_updates"] = self._dispatcher.conflated if self._dispatcher else 0
+        values["callback_backlog"] = self._dispatcher.backlog if self._dispatcher else 0
+        values["internal_errors"] = self.internal_errors
+        return values
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop the threads and close the socket. Idempotent and irreversible."""
+        if self._closed:
+            return
+        self._closing.set()
+        self._receiver.join(timeout=5)
+        self._socket.close()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+        with self._synced:
+            self._closed = True
+            self._synced.notify_all()
+
+    def __enter__(self) -> Subscriber[LeafT, DeltaT]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ receiver thread
+
+    def _receive_loop(self) -> None:
+        buffer = bytearray(wire.MAX_DATAGRAM_SIZE + 1)
+        view = memoryview(buffer)
+        sock = self._socket
+        core = self._core
+        lock = self._lock
+        closing = self._closing
+        clock = time.monotonic
+        drop = self._drop_filter
+        dispatcher = self._dispatcher
+        callbacks = self._callbacks
+        while not closing.is_set():
+            now = clock()
+            sock.settimeout(min(max(core.next_poll(now) - now, 0.001), 0.05))
+            try:
+                size = sock.recv_into(buffer)
+            except TimeoutError:
+                size = -1
+            except OSError as exc:
+                if closing.is_set():
+                    return
+                log.warning("grapevine receive error: %s", exc)
+                size = -1
+            try:
+                with lock:
+                    now = clock()
+                    if size >= 0:
+                        data = view[:size]
+                        if drop is not None and drop(data):
+                            self.injected_drops += 1
+                        elif size > wire.MAX_DATAGRAM_SIZE:
+                            core.stats.datagrams += 1
+                            core.stats.malformed += 1
+                        else:
+                            core.receive(data, now)
+                    core.poll(now)
+                    updates, events = core.updates, core.events
+                    if updates:
+                        core.updates = []
+                    if events:
+                        core.events = []
+                        self._synced.notify_all()
+                if events or updates:
+                    # Updates first: a SYNCED event follows the leaves that completed it.
+                    if dispatcher is None:
+                        if updates:
+                            callbacks.deliver_updates(updates)
+                        for event in events:
+                            callbacks.deliver_status(event)
+                    else:
+                        if updates:
+                            dispatcher.put_updates(updates)
+                        for event in events:
+                            dispatcher.put_status(event)
+            except Exception:  # noqa: BLE001 - a bug must not kill the receiver; count it
+                self.internal_errors += 1
+                log.exception("grapevine internal error in the receive path")
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing.is_set():
+            raise ClosedError("this Subscriber is closed")
