@@ -1,0 +1,131 @@
+"""The publisher's sans-I/O core: sequencing, pacing, the cycle's range assertions."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import BlobModel, ChainModel
+
+from grapevine import ConfigError, EncodeError, QueueFullError
+from grapevine._publisher_core import PublisherConfig, PublisherCore
+from grapevine.codec import Delta, Heartbeat, Snapshot, decode
+from grapevine.wire import MAX_LEAF_ID, DeltaFlag, SnapshotFlag
+
+
+def drain(pub: PublisherCore[object, object], now: float) -> list:  # type: ignore[type-arg]
+    out = []
+    while (datagram := pub.next_datagram(now)) is not None:
+        out.append(decode(bytes(datagram)))
+    return out
+
+
+def test_sequence_numbers_and_leaf_sequences() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=100), session_id=1)
+    assert [pub.publish(leaf, 1) for leaf in (5, 5, 6)] == [1, 2, 3]
+    assert pub.delete(5) == 4
+    assert pub.publish(5, 2) == 5
+    deltas = [m for d in drain(pub, 0.0) for m in d.messages if isinstance(m, Delta)]
+    assert [(d.seq, d.leaf_id, d.leaf_seq, d.flags) for d in deltas] == [
+        (1, 5, 1, DeltaFlag.CREATE), (2, 5, 2, 0), (3, 6, 1, DeltaFlag.CREATE),
+        (4, 5, 3, DeltaFlag.DELETE), (5, 5, 4, DeltaFlag.CREATE),  # leaf_seq never reused
+    ]
+
+
+def test_queue_full_raises_and_changes_nothing() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(max_queued_deltas=2), session_id=1)
+    pub.publish(1, 1)
+    pub.publish(1, 2)
+    before = pub.leaves[1]
+    with pytest.raises(QueueFullError):
+        pub.publish(1, 3)
+    assert pub.leaves[1] == before
+    assert pub.next_seq == 3
+    drain(pub, 0.0)
+    pub.publish(1, 3)
+
+
+def test_snapshots_never_run_ahead_of_the_deltas_sent() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=0), session_id=1)
+    sent = 0
+    for step in range(200):
+        for i in range(step % 7):
+            pub.publish(i, step)
+        for datagram in drain(pub, step * 0.001):
+            position = datagram.sequence
+            for message in datagram.messages:
+                if isinstance(message, Delta):
+                    position = message.seq + 1
+                    sent = position
+                elif isinstance(message, Snapshot):
+                    assert message.as_of_seq <= position <= sent + 1
+
+
+def test_a_cycle_asserts_every_leaf_id_exactly() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=100), session_id=1)
+    ids = [0, 3, 4, 1000, MAX_LEAF_ID]
+    for leaf in ids:
+        pub.publish(leaf, 1)
+    snaps = [m for d in drain(pub, 1.0) for m in d.messages if isinstance(m, Snapshot)]
+    assert [s.leaf_id for s in snaps] == ids
+    assert [s.range_start for s in snaps] == [0, 1, 4, 5, 1001]
+    assert [s.cycle_position for s in snaps] == [0, 1, 2, 3, 4]
+    assert {s.cycle_count for s in snaps} == {5}
+    assert [bool(s.flags & SnapshotFlag.LAST) for s in snaps] == [False] * 4 + [True]
+
+
+def test_an_empty_state_sends_the_empty_cycle_marker() -> None:
+    pub = PublisherCore(ChainModel(), session_id=1)
+    snaps = [m for d in drain(pub, 0.0) for m in d.messages if isinstance(m, Snapshot)]
+    assert len(snaps) == 1
+    assert snaps[0].flags == SnapshotFlag.DELETED | SnapshotFlag.LAST
+    assert (snaps[0].cycle_count, snaps[0].range_start, snaps[0].leaf_id) == (0, 0, 0)
+
+
+def test_snapshot_bandwidth_is_paced() -> None:
+    rate = 50_000.0
+    pub = PublisherCore(BlobModel(), PublisherConfig(snapshot_bytes_per_s=rate, min_cycle_s=0),
+                        session_id=1)
+    for leaf in range(100):
+        pub.publish(leaf, (0, bytes(500)))
+    drain(pub, 0.0)
+    start = pub.stats.snapshot_bytes
+    for tick in range(1, 1001):  # ten simulated seconds
+        drain(pub, tick * 0.01)
+    sent = pub.stats.snapshot_bytes - start
+    assert 0.8 * rate * 10 <= sent <= 1.2 * rate * 10
+
+
+def test_min_cycle_spaces_small_cycles_and_heartbeats_fill_silence() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=1.0, heartbeat_interval_s=0.2),
+                        session_id=1)
+    pub.publish(1, 1)
+    drain(pub, 0.0)
+    heartbeats = 0
+    for tick in range(1, 300):  # three seconds
+        for datagram in drain(pub, tick * 0.01):
+            heartbeats += any(isinstance(m, Heartbeat) for m in datagram.messages)
+    assert pub.stats.cycles in (3, 4)
+    assert heartbeats >= 5
+
+
+def test_large_leaves_are_fragmented_into_full_datagrams() -> None:
+    pub = PublisherCore(BlobModel(), PublisherConfig(max_datagram_size=300, min_cycle_s=100),
+                        session_id=1)
+    for offset in range(0, 3000, 100):
+        pub.publish(9, (offset, b"z" * 100))
+    frags = [m for d in drain(pub, 1.0) for m in d.messages if isinstance(m, Snapshot)]
+    assert len(frags) > 10
+    assert {f.total_length for f in frags} == {3000}
+    assert b"".join(bytes(f.payload) for f in frags) == pub.leaves[9]
+    assert [f.fragment_offset for f in frags] == sorted({f.fragment_offset for f in frags})
+
+
+def test_bad_config_and_ids_are_rejected() -> None:
+    with pytest.raises(ConfigError):
+        PublisherConfig(max_datagram_size=50)
+    with pytest.raises(ConfigError):
+        PublisherConfig(snapshot_bytes_per_s=0)
+    with pytest.raises(ConfigError):
+        PublisherCore(object(), session_id=1)  # type: ignore[arg-type]
+    pub = PublisherCore(ChainModel(), session_id=1)
+    with pytest.raises(EncodeError):
+        pub.publish(MAX_LEAF_ID + 1, 1)

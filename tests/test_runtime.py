@@ -1,0 +1,275 @@
+"""Publisher and Subscriber over real loopback multicast (127.0.0.1, TTL 0)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from helpers import ChainModel
+
+from grapevine import (
+    BytesModel,
+    ClosedError,
+    ConfigError,
+    Publisher,
+    PublisherConfig,
+    Status,
+    StatusEvent,
+    Subscriber,
+    SubscriberConfig,
+    UpdateKind,
+)
+from grapevine._transport import open_sender
+
+pytestmark = pytest.mark.network
+
+_ports = itertools.count(random.Random().randrange(41000, 58000, 100))
+
+
+@pytest.fixture
+def endpoint() -> dict[str, Any]:
+    """A group and port no other test uses (loopback only)."""
+    port = next(_ports)
+    return {"group": f"239.255.72.{port % 250 + 1}", "port": port}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition on an Event's timed wait (no bare sleeps)."""
+    tick = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        tick.wait(0.01)
+    return predicate()
+
+
+def fast_publisher(**overrides: Any) -> PublisherConfig:
+    values: dict[str, Any] = {"min_cycle_s": 0.05, "heartbeat_interval_s": 0.1}
+    values.update(overrides)
+    return PublisherConfig(**values)
+
+
+def test_subscribers_replicate_and_late_joiner_syncs(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    with Publisher(model, config=fast_publisher(), **endpoint) as pub, \
+            Subscriber(model, **endpoint) as first, Subscriber(model, **endpoint) as second:
+        for i in range(20_000):
+            pub.publish(i % 300, i)
+        assert pub.flush(10)
+        late = Subscriber(model, **endpoint)
+        try:
+            for i in range(5_000):
+                pub.publish(i % 300, -i & 0xFFFF)
+            assert pub.flush(10)
+            for sub in (first, second, late):
+                assert sub.wait_synced(10), sub.stats()
+                assert wait_until(lambda s=sub: s.values() == pub.values())  # type: ignore[misc]
+            assert late.stats()["deltas"] < first.stats()["deltas"]
+        finally:
+            late.close()
+        assert first.stats()["internal_errors"] == 0
+
+
+def test_loss_is_detected_and_repaired(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    rng = random.Random(7)
+    lossy = {"on": True}
+
+    def drop(_: memoryview) -> bool:
+        return lossy["on"] and rng.random() < 0.1
+
+    config = SubscriberConfig(reorder_window_s=0.005)
+    with Publisher(model, config=fast_publisher(), **endpoint) as pub, \
+            Subscriber(model, config=config, drop_filter=drop, **endpoint) as sub:
+        events: list[StatusEvent] = []
+        sub.on_status(events.append)
+        for i in range(30_000):
+            pub.publish(i % 500, i)
+        assert pub.flush(10)
+        lossy["on"] = False
+        assert sub.wait_synced(15), sub.stats()
+        assert wait_until(lambda: sub.values() == pub.values())
+        stats = sub.stats()
+        assert stats["injected_drops"] > 0
+        assert stats["gaps"] > 0
+        assert stats["repairs"] > 0
+        assert wait_until(lambda: any(e.kind is Status.GAP for e in events))
+
+
+def test_publisher_restart_rebuilds_the_replica(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    with Subscriber(model, **endpoint) as sub:
+        events: list[StatusEvent] = []
+        sub.on_status(events.append)
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            for i in range(100):
+                pub.publish(i, i)
+            assert sub.wait_synced(10)
+            first_session = sub.session_id
+        assert wait_until(lambda: any(e.kind is Status.SESSION_ENDED for e in events))
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            for i in range(50, 80):
+                pub.publish(i, 1000 + i)
+            assert wait_until(lambda: sub.session_id != first_session)
+            assert sub.wait_synced(10)
+            assert wait_until(lambda: sub.values() == pub.values())
+        assert wait_until(lambda: any(e.kind is Status.RESTARTED for e in events))
+
+
+def test_callbacks_per_leaf_all_leaves_and_status(endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    seen_leaf: list[tuple[int, UpdateKind, Any, Any]] = []
+    seen_all: list[int] = []
+    statuses: list[Status] = []
+    done = threading.Event()
+
+    def on_leaf(leaf_id: int, kind: UpdateKind, leaf: Any, delta: Any) -> None:
+        seen_leaf.append((leaf_id, kind, leaf, delta))
+        if leaf == b"last":
+            done.set()
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a user bug")
+
+    with Subscriber(model, **endpoint) as sub:
+        sub.on_leaf(3, on_leaf)
+        sub.on_update(lambda leaf_id, *_: seen_all.append(leaf_id))
+        sub.on_update(broken)
+        sub.on_status(lambda event: statuses.append(event.kind))
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            pub.publish(1, b"a")
+            pub.publish(3, b"b")
+            pub.publish(3, b"last")
+            assert done.wait(10)
+            pub.delete(1)
+            assert wait_until(lambda: 1 not in sub.values())
+        assert [u[2] for u in seen_leaf if u[1] is UpdateKind.CHANGED] == [b"b", b"last"]
+        assert {1, 3} <= set(seen_all)
+        assert wait_until(lambda: Status.SYNCED in statuses and
+                          Status.SESSION_ENDED in statuses)
+        stats = sub.stats()
+        assert stats["callback_errors"] >= 3
+        assert stats["internal_errors"] == 0
+
+
+def test_slow_callbacks_conflate_instead_of_growing(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    release = threading.Event()
+    delivered: list[tuple[int, UpdateKind]] = []
+
+    def slow(leaf_id: int, kind: UpdateKind, *_: Any) -> None:
+        release.wait(10)
+        delivered.append((leaf_id, kind))
+
+    with Subscriber(model, max_callback_backlog=100, **endpoint) as sub:
+        sub.on_update(slow)
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            for i in range(5_000):
+                pub.publish(i % 10, i)
+            assert pub.flush(10)
+            assert wait_until(lambda: sub.stats()["deltas"] == 5_000)
+            assert sub.stats()["callback_backlog"] <= 200
+            release.set()
+            assert wait_until(lambda: sub.stats()["conflated_updates"] > 0)
+            assert wait_until(lambda: any(k is UpdateKind.CONFLATED for _, k in delivered))
+            assert len(delivered) < 5_000
+            assert sub.values() == pub.values()
+
+
+def test_callbacks_on_receiver_thread(endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    threads: set[str] = set()
+    got = threading.Event()
+
+    def record(*_: Any) -> None:
+        threads.add(threading.current_thread().name)
+        got.set()
+
+    with Subscriber(model, callbacks_on_receiver_thread=True, **endpoint) as sub:
+        sub.on_update(record)
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            pub.publish(1, b"x")
+            assert got.wait(10)
+    assert all(name.startswith("grapevine-receiver[") for name in threads)
+
+
+def test_hostile_datagrams_are_counted_and_the_receiver_survives(
+        endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    with Subscriber(model, **endpoint) as sub, \
+            open_sender(endpoint["group"], endpoint["port"]) as raw:
+        rng = random.Random(3)
+        for size in [0, 1, 35, 36, 37, 200, 1400, 9000]:
+            raw.send(b"GRPV\x01" + rng.randbytes(max(size - 5, 0)))
+        raw.send(b"\x00" * 64)
+        assert wait_until(lambda: sub.stats()["malformed"] >= 9)
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            pub.publish(5, b"still alive")
+            assert sub.wait_synced(10)
+            assert wait_until(lambda: sub.values() == {5: b"still alive"})
+        assert sub.stats()["internal_errors"] == 0
+
+
+def test_threads_are_named_and_close_is_idempotent(endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    pub = Publisher(model, **endpoint)
+    sub = Subscriber(model, **endpoint)
+    names = {t.name for t in threading.enumerate()}
+    label = f"{endpoint['group']}:{endpoint['port']}/0"
+    assert {f"grapevine-sender[{label}]", f"grapevine-receiver[{label}]",
+            f"grapevine-dispatch[{label}]"} <= names
+    for _ in range(2):
+        sub.close()
+        pub.close()
+    with pytest.raises(ClosedError):
+        pub.publish(1, b"x")
+    with pytest.raises(ClosedError):
+        sub.on_update(print)
+
+
+def test_misuse_raises_at_the_call(endpoint: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="not a multicast"):
+        Publisher(BytesModel(), group="10.1.2.3", port=endpoint["port"])
+    with pytest.raises(ConfigError, match="not an IPv4"):
+        Subscriber(BytesModel(), group="nonsense", port=endpoint["port"])
+    with pytest.raises(ConfigError, match="LeafModel"):
+        Publisher(object(), **endpoint)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="port"):
+        Subscriber(BytesModel(), group=endpoint["group"], port=70000)
+    with Publisher(BytesModel(), **endpoint) as pub:
+        with pytest.raises(ValueError, match="leaf_id"):
+            pub.publish(-1, b"x")
+        with pytest.raises(KeyError):
+            pub.delete(12345)
+        with pytest.raises(ValueError, match="does not fit"):
+            pub.publish(1, b"x" * 2000)
+
+
+def test_full_queue_blocks_until_the_sender_makes_room(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    config = fast_publisher(max_queued_deltas=8)
+    with Publisher(model, config=config, **endpoint) as pub, \
+            Subscriber(model, **endpoint) as sub:
+        for i in range(20_000):
+            pub.publish(i % 50, i)  # never more than 8 queued: publish waits for room
+        assert pub.flush(10)
+        assert pub.stats()["queued_deltas"] == 0
+        assert sub.wait_synced(10)
+        assert wait_until(lambda: sub.values() == pub.values())
+
+
+def test_defaults_stay_on_the_host(endpoint: dict[str, Any]) -> None:
+    sock = open_sender(endpoint["group"], endpoint["port"])
+    try:
+        ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL)
+        interface = socket.inet_ntoa(sock.getsockopt(socket.IPPROTO_IP,
+                                                     socket.IP_MULTICAST_IF, 4))
+        assert (ttl, interface) == (0, "127.0.0.1")
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
