@@ -153,7 +153,8 @@ class _Leaf:
         self.seen_seq = seen_seq  # stream point at which the leaf is known to exist
         self.stale = False
         self.required = 0  # a repairing snapshot needs as_of_seq >= this
-        self.buffer: list[tuple[int, int, int, bytes]] | None = None  # (leaf_seq, seq, flags, payload)
+        # Deltas held while stale: (leaf_seq, seq, flags, payload).
+        self.buffer: list[tuple[int, int, int, bytes]] | None = None
 
 
 class _Coverage:

@@ -300,7 +300,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
                             dispatcher.put_updates(updates)
                         for event in events:
                             dispatcher.put_status(event)
-            except Exception:  # noqa: BLE001 - a bug must not kill the receiver; count it
+            except Exception:  # a bug must not kill the receiver: count and log it
                 self.internal_errors += 1
                 log.exception("grapevine internal error in the receive path")
 

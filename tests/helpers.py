@@ -214,7 +214,7 @@ def assert_converged(sim: Simulation, sub: SimSubscriber) -> None:
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))
     wrong = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])
-    assert not (missing or extra or wrong), (
+    assert not (missing or extra or wrong), (  # noqa: PT018 - one message shows all three
         f"replica differs: missing={missing[:10]} extra={extra[:10]} wrong={wrong[:10]} "
         f"stats={core.stats}"
     )

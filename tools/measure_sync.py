@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""How long a late joiner takes to sync, at the default snapshot rate, on loopback.
+
+    python3 tools/measure_sync.py --leaves 1000 10000 --books-levels 10 --joins 5
+
+A publisher starts with ``--leaves`` order books (each ``--books-levels`` levels a side) and
+publishes ``--rate`` deltas/s; after it has run a second, subscribers join one after another
+and each is timed from its creation to ``wait_synced``. Also prints the snapshot cycle's
+period so the figures can be read against it (sync needs about one full cycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from grapevine import Publisher, PublisherConfig, Subscriber
+from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, encode
+
+
+def make_book(rng: random.Random, levels: int) -> OrderBook:
+    book = OrderBook()
+    mid = 10_000 + rng.randrange(1000)
+    for i in range(1, levels + 1):
+        book.apply(BookDelta(Op.ADD, Side.BID, mid - i, rng.randrange(1, 100), 1))
+        book.apply(BookDelta(Op.ADD, Side.ASK, mid + i, rng.randrange(1, 100), 1))
+    return book
+
+
+def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
+    rng = random.Random(leaves)
+    initial = {leaf: make_book(rng, levels) for leaf in range(1, leaves + 1)}
+    leaf_bytes = len(encode(initial[1]))
+    model = OrderBookModel()
+    config = PublisherConfig()
+    endpoint = {"group": "239.255.74.1", "port": port}
+    stop = threading.Event()
+    times: list[float] = []
+    with Publisher(model, initial=initial, config=config, **endpoint) as pub:
+
+        def churn() -> None:
+            # Quote updates on random books: ADD then REMOVE one order at an outer level.
+            while not stop.is_set():
+                for _ in range(max(rate // 100, 1)):
+                    leaf = rng.randrange(1, leaves + 1)
+                    price = pub.get(leaf).best_bid()
+                    if price is not None:
+                        outer = price[0] - levels - 5
+                        pub.publish(leaf, BookDelta(Op.ADD, Side.BID, outer, 1, time.time_ns()))
+                        pub.publish(leaf, BookDelta(Op.REMOVE, Side.BID, outer, 1,
+                                                    time.time_ns()))
+                stop.wait(0.01)
+
+        worker = threading.Thread(target=churn, name="measure-churn")
+        worker.start()
+        run_started = time.monotonic()
+        try:
+            stop.wait(1.0)
+            for _ in range(joins):
+                began = time.monotonic()
+                with Subscriber(model, **endpoint) as sub:
+                    if not sub.wait_synced(120):
+                        print("  a subscriber did not sync within 120 s", file=sys.stderr)
+                        continue
+                    times.append(time.monotonic() - began)
+                    with sub.locked() as replica, pub.locked() as truth:
+                        assert len(replica) == len(truth)
+            stats = pub.stats()
+            run_s = time.monotonic() - run_started
+        finally:
+            stop.set()
+            worker.join()
+    cycle_s = run_s / max(stats["cycles"], 1)  # measured: budget, min_cycle_s and CPU bound it
+    print(f"{leaves:>6} leaves x {leaf_bytes} B ({levels} levels/side), "
+          f"snapshot budget {config.snapshot_bytes_per_s / 1e6:.0f} MB/s, "
+          f"measured cycle {cycle_s:.2f} s: "
+          f"sync median {statistics.median(times):.2f} s, min {min(times):.2f} s, "
+          f"max {max(times):.2f} s over {len(times)} joins "
+          f"(ratio to cycle: {statistics.median(times) / max(cycle_s, 1e-9):.2f})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leaves", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--books-levels", type=int, default=10)
+    parser.add_argument("--joins", type=int, default=5)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=47700)
+    args = parser.parse_args()
+    for index, leaves in enumerate(args.leaves):
+        measure(leaves, args.books_levels, args.joins, args.rate, args.port + index)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
