@@ -122,7 +122,6 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._packed_seq = 1  # the sequence of the next delta not yet packed in a datagram
         self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot] = deque()
         self._queued_deltas = 0
-        self._snapshot_queued = False
         self._builder = DatagramBuilder(self.config.stream_id, self.session_id,
                                         self.config.max_datagram_size)
         self._fragment_room = self.config.max_datagram_size - HEADER_SIZE - SNAPSHOT_OVERHEAD
@@ -182,8 +181,11 @@ class PublisherCore(Generic[LeafT, DeltaT]):
 
     # ------------------------------------------------------------------ sending side
 
-    def next_datagram(self, now: float) -> memoryview | None:
+    def next_datagram(self, now: float, send_time_ns: int = 0) -> memoryview | None:
         """The next datagram to send at time ``now``, or None if nothing is due.
+
+        ``now`` drives pacing (any monotonic clock, seconds); ``send_time_ns`` is the wall
+        clock (Unix ns) written into the header for captures and latency measurement.
 
         Call repeatedly until it returns None, then wait until :meth:`next_wakeup` or a
         publish. The returned view is valid until the next call.
@@ -197,9 +199,9 @@ class PublisherCore(Generic[LeafT, DeltaT]):
                 builder.start(self._packed_seq)
                 builder.add_heartbeat(round(self.config.heartbeat_interval_s * 1000))
                 self.stats.heartbeats += 1
-                return self._finish(now)
+                return self._finish(now, send_time_ns)
             return None
-        return self._pack(now)
+        return self._pack(now, send_time_ns)
 
     def next_wakeup(self, now: float) -> float:
         """The latest time at which :meth:`next_datagram` must be called again."""
@@ -209,7 +211,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         snapshot_at = self._snapshot_due_at(now)
         return min(heartbeat_at, snapshot_at)
 
-    def end_of_session(self, now: float) -> memoryview:
+    def end_of_session(self, now: float, send_time_ns: int = 0) -> memoryview:
         """Mark the session ended and return the END_OF_SESSION datagram.
 
         Queued deltas must have been drained first (call :meth:`next_datagram` until the
@@ -221,7 +223,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         builder = self._builder
         builder.start(self.next_seq)
         builder.add_end_of_session()
-        return self._finish(now)
+        return self._finish(now, send_time_ns)
 
     # ------------------------------------------------------------------ internals
 
@@ -235,7 +237,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.stats.deltas += 1
         return seq
 
-    def _pack(self, now: float) -> memoryview:
+    def _pack(self, now: float, send_time_ns: int) -> memoryview:
         builder = self._builder
         builder.start(self._packed_seq)
         queue = self._queue
@@ -257,13 +259,12 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             if not self._pack_fragment(item):
                 break
             queue.popleft()
-            self._snapshot_queued = False
         packed = builder.delta_count
         if packed:
             self._packed_seq += packed
             self._queued_deltas -= packed
             self.stats.delta_datagrams += 1
-        return self._finish(now)
+        return self._finish(now, send_time_ns)
 
     def _pack_fragment(self, item: _QueuedSnapshot) -> bool:
         """Pack as much of a queued snapshot as fits; True once all of it is packed."""
@@ -284,16 +285,14 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             if item.offset >= len(item.payload):
                 return True
 
-    def _finish(self, now: float) -> memoryview:
-        datagram = self._builder.finish(int(now * 1e9) if now > 0 else 0)
+    def _finish(self, now: float, send_time_ns: int) -> memoryview:
+        datagram = self._builder.finish(send_time_ns)
         self._last_send = now
         self.stats.datagrams += 1
         self.stats.bytes_sent += len(datagram)
         return datagram
 
     def _snapshot_due_at(self, now: float) -> float:
-        if self._snapshot_queued:
-            return float("inf")
         if self._cursor is None and now < self._cycle_started_at + self.config.min_cycle_s:
             return self._cycle_started_at + self.config.min_cycle_s
         self._refill(now)
@@ -309,8 +308,12 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._tokens_at = now
 
     def _maybe_queue_snapshot(self, now: float) -> None:
-        if self._snapshot_due_at(now) > now:
-            return
+        # Queue every snapshot the budget allows now: under load they wait behind the
+        # deltas already queued, but keep their pace instead of one per pass of the queue.
+        while self._snapshot_due_at(now) <= now:
+            self._queue_next_snapshot(now)
+
+    def _queue_next_snapshot(self, now: float) -> None:
         leaves = self.leaves
         keys = leaves.keys()
         if self._cursor is None:
@@ -343,7 +346,6 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if self._cursor is None:
             self.stats.cycles += 1
         self._queue.append(_QueuedSnapshot(template, payload))
-        self._snapshot_queued = True
         self._tokens -= len(payload) + SNAPSHOT_OVERHEAD
         self.stats.snapshots += 1
         self.stats.snapshot_bytes += len(payload)

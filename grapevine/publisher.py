@@ -203,7 +203,7 @@ class Publisher(Generic[LeafT, DeltaT]):
         while True:
             with lock:
                 now = clock()
-                datagram = core.next_datagram(now)
+                datagram = core.next_datagram(now, time.time_ns())
                 if datagram is None:
                     self._room.notify_all()  # the queue is empty: flush() and publishers
                     if self._stopping:
@@ -221,7 +221,7 @@ class Publisher(Generic[LeafT, DeltaT]):
                 if self.send_errors == 1 or self.send_errors % 1000 == 0:
                     log.warning("grapevine send failed (%d so far): %s", self.send_errors, exc)
         with lock:
-            final = bytes(core.end_of_session(clock()))
+            final = bytes(core.end_of_session(clock(), time.time_ns()))
         for _ in range(_END_OF_SESSION_COPIES):
             try:
                 sock.send(final)

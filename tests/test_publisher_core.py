@@ -7,7 +7,7 @@ from helpers import BlobModel, ChainModel
 
 from grapevine import ConfigError, EncodeError, QueueFullError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
-from grapevine.codec import Delta, Heartbeat, Snapshot, decode
+from grapevine.codec import SNAPSHOT_OVERHEAD, Delta, Heartbeat, Snapshot, decode
 from grapevine.wire import MAX_LEAF_ID, DeltaFlag, SnapshotFlag
 
 
@@ -129,3 +129,20 @@ def test_bad_config_and_ids_are_rejected() -> None:
     pub = PublisherCore(ChainModel(), session_id=1)
     with pytest.raises(EncodeError):
         pub.publish(MAX_LEAF_ID + 1, 1)
+
+
+def test_snapshots_keep_their_pace_when_the_sender_is_saturated() -> None:
+    rate = 20_000.0
+    pub = PublisherCore(ChainModel(), PublisherConfig(snapshot_bytes_per_s=rate, min_cycle_s=0,
+                                                      max_queued_deltas=10**6), session_id=1)
+    for leaf in range(50):
+        pub.publish(leaf, 0)
+    for tick in range(1, 501):  # five seconds; the sender manages 20 datagrams a tick only
+        for i in range(2_000):  # far more deltas than it can send: the queue keeps growing
+            pub.publish(i % 50, i)
+        for _ in range(20):
+            pub.next_datagram(tick * 0.01)
+    assert pub.queued_deltas > 100_000
+    # The budget counts each snapshot's bytes on the wire (payload and message overhead).
+    budget_used_per_s = (pub.stats.snapshot_bytes + pub.stats.snapshots * SNAPSHOT_OVERHEAD) / 5
+    assert 0.8 * rate < budget_used_per_s < 1.2 * rate
