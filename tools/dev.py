@@ -36,6 +36,10 @@ def ensure_env() -> None:
     STAMP.write_text(wanted)
 
 
+def lint_paths() -> list[str]:
+    return [name for name in ("grapevine", "tests", "tools", "examples") if (ROOT / name).is_dir()]
+
+
 def run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, cwd=ROOT, check=False)
     if result.returncode != 0:
@@ -52,10 +56,10 @@ def main(argv: list[str]) -> None:
     if command == "demo":
         run([str(PYTHON), "-m", "grapevine", "demo", *rest])
     elif command == "lint":
-        run([str(PYTHON), "-m", "ruff", "check", "grapevine", "tests", "tools", "examples"])
+        run([str(PYTHON), "-m", "ruff", "check", *lint_paths()])
         run([str(PYTHON), "-m", "mypy"])
     elif command == "test":
-        run([str(PYTHON), "-m", "ruff", "check", "grapevine", "tests", "tools", "examples"])
+        run([str(PYTHON), "-m", "ruff", "check", *lint_paths()])
         run([str(PYTHON), "-m", "mypy"])
         run([str(PYTHON), "-m", "pytest", *rest])
     elif command == "bench":
