@@ -1,0 +1,227 @@
+"""protocol/SPEC.md cannot drift from grapevine/wire.py and protocol/vectors/.
+
+Checks: every ```hex vector=NAME``` block equals the vector's bytes; every wire field name
+appears in the spec; the constants table, the enum tables (kinds and flags) and the layout
+tables (offset, size, field, type) match the construct definitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
+    sys.path.insert(0, str(ROOT))
+
+from grapevine import codec, wire  # noqa: E402
+
+SPEC_PATH = ROOT / "protocol" / "SPEC.md"
+SPEC = SPEC_PATH.read_text()
+VECTORS = {p.stem: json.loads(p.read_text())
+           for p in sorted((ROOT / "protocol" / "vectors").glob("*.json"))}
+
+HEX_BLOCK = re.compile(r"^```hex vector=(\S+)[^\n]*\n(.*?)^```", re.M | re.S)
+TYPE_SIZES = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+
+
+def hex_blocks(text: str) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in HEX_BLOCK.finditer(text)]
+
+
+def block_bytes(content: str) -> bytes:
+    cleaned = re.sub(r"\s+", "", content)
+    assert re.fullmatch(r"(?:[0-9a-fA-F]{2})*", cleaned), "hex blocks hold only hex digits"
+    return bytes.fromhex(cleaned)
+
+
+def table_after(marker: str, text: str = SPEC) -> list[list[str]]:
+    """The body rows (cells stripped) of the Markdown table right after ``<!-- marker -->``."""
+    tag = f"<!-- {marker} -->"
+    assert text.count(tag) == 1, f"SPEC.md needs exactly one {tag}"
+    lines = text.split(tag, 1)[1].lstrip("\n").splitlines()
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert len(rows) >= 3, f"no table after {tag}"
+    assert set(rows[1][0]) <= set("-: "), f"malformed table after {tag}"
+    return rows[2:]
+
+
+def unquote(cell: str) -> str:
+    return cell.strip("`")
+
+
+def parse_int(cell: str) -> int:
+    return int(unquote(cell).replace(",", ""), 0)
+
+
+def field_layout(*structs: Any) -> list[tuple[int, int, str]]:
+    out, offset = [], 0
+    for struct_ in structs:
+        for sub in struct_.subcons:
+            size = sub.sizeof()
+            out.append((offset, size, sub.name))
+            offset += size
+    return out
+
+
+LAYOUTS: dict[str, tuple[list[tuple[int, int, str]], bool]] = {
+    # marker: (fixed fields from wire.py, ends with a variable-length payload row)
+    "header": (field_layout(wire.Header), False),
+    "message_header": (field_layout(wire.MessageHeader), False),
+    "delta": (field_layout(wire.MessageHeader, wire.DeltaFields), True),
+    "snapshot": (field_layout(wire.MessageHeader, wire.SnapshotFields), True),
+    "heartbeat": (field_layout(wire.MessageHeader, wire.HeartbeatFields), False),
+    "end_of_session": (field_layout(wire.MessageHeader, wire.EndOfSessionFields), False),
+    "auth": (field_layout(wire.AuthTrailer), False),
+}
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def test_spec_has_worked_examples() -> None:
+    names = [name for name, _ in hex_blocks(SPEC)]
+    assert len(names) >= 8
+    assert len(set(names)) == len(names)
+    assert any(not VECTORS[n]["valid"] for n in names if n in VECTORS), "show an invalid one"
+
+
+@pytest.mark.parametrize(("name", "content"), hex_blocks(SPEC),
+                         ids=[name for name, _ in hex_blocks(SPEC)])
+def test_hex_block_matches_vector(name: str, content: str) -> None:
+    assert name in VECTORS, f"SPEC.md names unknown vector {name!r}"
+    assert block_bytes(content) == bytes.fromhex(VECTORS[name]["hex"])
+
+
+def test_hex_block_parser_catches_a_changed_byte() -> None:
+    name, content = hex_blocks(SPEC)[0]
+    broken = SPEC.replace(content, content.replace("47", "48", 1), 1)
+    (_, changed), *_ = hex_blocks(broken)
+    assert block_bytes(changed) != bytes.fromhex(VECTORS[name]["hex"])
+
+
+def test_auth_example_tag_is_the_documented_hmac() -> None:
+    raw = bytes.fromhex(VECTORS["auth_trailer"]["hex"])
+    key = re.search(r"test key\s+`([^`]+)`", SPEC)
+    assert key is not None
+    expected = hmac.new(key.group(1).encode(), raw[:-16], hashlib.sha256).digest()[:16]
+    assert raw[-16:] == expected
+
+
+# --------------------------------------------------------------------------- names and values
+
+
+def test_every_wire_field_name_appears_in_spec() -> None:
+    names = {sub.name for s in (wire.Header, wire.MessageHeader, wire.DeltaFields,
+                                wire.SnapshotFields, wire.HeartbeatFields, wire.AuthTrailer)
+             for sub in s.subcons}
+    missing = sorted(n for n in names if f"`{n}`" not in SPEC)
+    assert not missing, f"SPEC.md does not mention {missing}"
+
+
+@pytest.mark.parametrize("enum", [wire.MessageKind, wire.HeaderFlag, wire.DeltaFlag,
+                                  wire.SnapshotFlag], ids=lambda e: e.__name__)
+def test_enum_table_matches_wire(enum: Any) -> None:
+    rows = table_after(f"enum: {enum.__name__}")
+    stated = {unquote(row[1]): parse_int(row[0]) for row in rows}
+    assert stated == {member.name: int(member) for member in enum}
+
+
+def test_enum_values_stated_elsewhere_agree() -> None:
+    """Any table row anywhere that pairs a kind/flag name with a number must be right."""
+    known = {m.name: int(m) for e in (wire.MessageKind, wire.HeaderFlag, wire.DeltaFlag,
+                                      wire.SnapshotFlag) for m in e}
+    for line in SPEC.splitlines():
+        cells = [unquote(c.strip()) for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 2:
+            continue
+        for a, b in ((cells[0], cells[1]), (cells[1], cells[0])):
+            if a in known and re.fullmatch(r"0x[0-9a-fA-F]+|\d+", b):
+                assert int(b, 0) == known[a], line
+    for name, value in known.items():
+        if name in {m.name for m in wire.MessageKind}:
+            assert f"{name} (kind {value})" in SPEC
+
+
+def test_constants_table_matches_wire() -> None:
+    rows = {row[0]: row[1] for row in table_after("constants")}
+    expected = {
+        "VERSION": wire.VERSION,
+        "HEADER_SIZE": codec.HEADER_SIZE,
+        "MESSAGE_HEADER_SIZE": codec.MESSAGE_HEADER_SIZE,
+        "DELTA_OVERHEAD": codec.DELTA_OVERHEAD,
+        "SNAPSHOT_OVERHEAD": codec.SNAPSHOT_OVERHEAD,
+        "AUTH_TRAILER_SIZE": wire.AUTH_TRAILER_SIZE,
+        "DEFAULT_DATAGRAM_SIZE": wire.DEFAULT_DATAGRAM_SIZE,
+        "MAX_DATAGRAM_SIZE": wire.MAX_DATAGRAM_SIZE,
+        "MAX_LEAF_ID": wire.MAX_LEAF_ID,
+    }
+    for name, value in expected.items():
+        assert parse_int(rows[name]) == value, name
+    magic = re.search(r"`([0-9a-f ]+)`", rows["MAGIC"])
+    assert magic is not None
+    assert bytes.fromhex(magic.group(1)) == wire.MAGIC
+    assert f'"{wire.MAGIC.decode()}"' in rows["MAGIC"]
+
+
+@pytest.mark.parametrize("marker", sorted(LAYOUTS))
+def test_layout_table_matches_wire(marker: str) -> None:
+    fixed, has_payload = LAYOUTS[marker]
+    rows = table_after(f"layout: {marker}")
+    stated = []
+    for row in rows[: len(fixed)]:
+        offset, size, name, kind = int(row[0]), int(row[1]), unquote(row[2]), row[3]
+        if kind in TYPE_SIZES:
+            assert TYPE_SIZES[kind] == size, row
+        else:
+            assert kind == f"bytes[{size}]", row
+        stated.append((offset, size, name))
+    assert stated == fixed
+    if has_payload:
+        assert len(rows) == len(fixed) + 1
+        payload = rows[-1]
+        end = fixed[-1][0] + fixed[-1][1]
+        assert (int(payload[0]), unquote(payload[2])) == (end, "payload")
+        assert payload[1] == f"length \N{MINUS SIGN} {end - codec.MESSAGE_HEADER_SIZE}"
+    else:
+        assert len(rows) == len(fixed)
+
+
+def test_diagrams_show_every_field_at_its_offset() -> None:
+    """Each ASCII diagram row starting at byte N names the field wire.py puts at N."""
+    sections = {
+        "## 5. Datagram header": field_layout(wire.Header),
+        "### 6.2 DELTA": field_layout(wire.MessageHeader, wire.DeltaFields),
+        "### 6.3 SNAPSHOT": field_layout(wire.MessageHeader, wire.SnapshotFields),
+        "### 6.4 HEARTBEAT": field_layout(wire.MessageHeader, wire.HeartbeatFields),
+        "### 6.5 END_OF_SESSION": field_layout(wire.MessageHeader),
+        "## 9. Authentication trailer": field_layout(wire.AuthTrailer),
+    }
+    for heading, layout in sections.items():
+        body = SPEC.split(heading, 1)[1]
+        diagram = body.split("```\n", 2)[1]
+        rows = {int(m.group(1)): m.group(2) for m in
+                re.finditer(r"^\s*(\d+) \|(.*)\|\s*$", diagram, re.M)}
+        for offset, _, name in layout:
+            row_start = offset - offset % 4
+            assert re.search(rf"\b{name}\b", rows[row_start]), (heading, name, rows[row_start])
+
+
+def test_validation_rules_name_every_checked_field() -> None:
+    section = SPEC.split("## 10. Validation rules", 1)[1].split("## 11.", 1)[0]
+    for vector in VECTORS.values():
+        if not vector["valid"]:
+            field = re.sub(r"\[\d+\]", "[i]", vector["error"]["field"])
+            assert f"(`{field}`" in section or f"`{field}`)" in section or (
+                f"`{field}`," in section), field
