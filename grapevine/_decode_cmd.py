@@ -138,7 +138,11 @@ def _read_input(item: str, port: int | None, summary: Summary,
         yield from _hex_lines(stdin.read(), "stdin")
         return
     path = Path(item)
-    if not path.exists():
+    try:
+        is_file = path.exists()
+    except OSError:  # e.g. a long hex string is no valid file name
+        is_file = False
+    if not is_file:
         if _looks_like_hex(item):
             yield Datagram("argument", _parse_hex(item))
             return

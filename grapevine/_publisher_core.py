@@ -31,6 +31,9 @@ __all__ = ["PublisherConfig", "PublisherCore", "PublisherStats", "QueueFullError
 
 # Don't start a snapshot fragment in the tail of a datagram smaller than this.
 _MIN_FRAGMENT = 64
+_MAX_LEAF_ID = wire.MAX_LEAF_ID
+_ABSENT: Any = object()
+_dict_set = dict.__setitem__
 
 
 class QueueFullError(EncodeError):
@@ -113,6 +116,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.config = config or PublisherConfig()
         self.session_id = session_id if session_id is not None else new_session_id()
         self.stats = PublisherStats()
+        self._max_queued = self.config.max_queued_deltas
+        self._max_payload = self.config.max_datagram_size - HEADER_SIZE - DELTA_OVERHEAD
         self.leaves: SortedDict[int, Any] = SortedDict()
         for leaf_id, value in (initial or {}).items():
             self._check_leaf_id(leaf_id)
@@ -143,22 +148,35 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         changes nothing) when the queue is full, :class:`EncodeError` for an invalid id or
         a payload too large for one datagram.
         """
-        self._check_leaf_id(leaf_id)
-        if self._queued_deltas >= self.config.max_queued_deltas:
+        # The hot path: attribute lookups are cached and the SortedDict's Python-level
+        # __setitem__ is bypassed for leaves that already exist (their keys do not move).
+        if type(leaf_id) is not int or not 0 <= leaf_id <= _MAX_LEAF_ID:
+            self._check_leaf_id(leaf_id)
+        if self._queued_deltas >= self._max_queued:
             raise QueueFullError(f"{self._queued_deltas} deltas are queued "
-                                 f"(max_queued_deltas={self.config.max_queued_deltas})")
-        payload = self.model.encode_delta(delta)
-        if len(payload) > self.config.max_datagram_size - HEADER_SIZE - DELTA_OVERHEAD:
+                                 f"(max_queued_deltas={self._max_queued})")
+        model = self.model
+        payload = model.encode_delta(delta)
+        if len(payload) > self._max_payload:
             raise EncodeError(f"a delta payload of {len(payload)} bytes does not fit one "
                               f"{self.config.max_datagram_size}-byte datagram")
         leaves = self.leaves
-        flags = 0
-        if leaf_id in leaves:
-            leaves[leaf_id] = self.model.apply(leaves[leaf_id], delta)
+        current = leaves.get(leaf_id, _ABSENT)
+        if current is not _ABSENT:
+            _dict_set(leaves, leaf_id, model.apply(current, delta))  # type: ignore[arg-type]
+            flags = 0
         else:
-            leaves[leaf_id] = self.model.apply(self.model.new_leaf(), delta)
+            leaves[leaf_id] = model.apply(model.new_leaf(), delta)
             flags = DeltaFlag.CREATE
-        return self._enqueue_delta(leaf_id, flags, payload)
+        leaf_seqs = self._leaf_seqs
+        leaf_seq = leaf_seqs.get(leaf_id, 0) + 1
+        leaf_seqs[leaf_id] = leaf_seq
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self._queue.append((leaf_id, leaf_seq, flags, payload))
+        self._queued_deltas += 1
+        self.stats.deltas += 1
+        return seq
 
     def delete(self, leaf_id: int) -> int:
         """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""

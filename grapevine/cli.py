@@ -1,10 +1,15 @@
-"""The ``grapevine`` command line: one subcommand per module in ``_COMMANDS``."""
+"""The ``grapevine`` command line: one subcommand per module in ``_COMMANDS``.
+
+Each subcommand's module is imported only when that subcommand runs (or for ``--help``), so
+one subcommand's imports can never break another.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from types import ModuleType
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 _COMMANDS: dict[str, tuple[str, str]] = {
@@ -15,14 +20,20 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``grapevine`` console script."""
-    parser = argparse.ArgumentParser(prog="grapevine", description=__doc__)
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    args_in = sys.argv[1:] if argv is None else argv
+    from grapevine import __version__
+
+    parser = argparse.ArgumentParser(prog="grapevine",
+                                     description="Grapevine: state replication over multicast.")
+    parser.add_argument("--version", action="version", version=f"grapevine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((word for word in args_in if not word.startswith("-")), None)
     for name, (module_name, help_text) in _COMMANDS.items():
-        command = sub.add_parser(name, help=help_text)
-        command.set_defaults(_module=module_name)
-        _load(module_name).add_arguments(command)
-    args = parser.parse_args(argv)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            command.set_defaults(_module=module_name)
+            _load(module_name).add_arguments(command)
+    args = parser.parse_args(args_in)
     try:
         return int(_load(args._module).run(args))
     except KeyboardInterrupt:
@@ -30,11 +41,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(module_name: str):  # type: ignore[no-untyped-def]
+def _load(module_name: str) -> ModuleType:
     return importlib.import_module(module_name)
-
-
-def _version() -> str:
-    from grapevine import __version__
-
-    return f"grapevine {__version__}"

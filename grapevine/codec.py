@@ -52,6 +52,7 @@ _HEARTBEAT = struct.Struct(wire.struct_format(wire.HeartbeatFields))
 _AUTH = struct.Struct(wire.struct_format(wire.AuthTrailer))
 # The message header and the fixed delta fields packed in one call (hot path).
 _DELTA_WITH_HEADER = struct.Struct(_MESSAGE_HEADER.format + _DELTA.format.lstrip("<"))
+_new_tuple = tuple.__new__
 
 HEADER_SIZE = _HEADER.size
 MESSAGE_HEADER_SIZE = _MESSAGE_HEADER.size
@@ -165,14 +166,20 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
     offset = HEADER_SIZE
     seq = sequence
     unpack_header = _MESSAGE_HEADER.unpack_from
-    unpack_delta = _DELTA.unpack_from
+    unpack_delta_with_header = _DELTA_WITH_HEADER.unpack_from
+    delta_room = end - DELTA_OVERHEAD  # a whole delta header fits below this offset
     for index in range(count):
-        if offset + MESSAGE_HEADER_SIZE > end:
+        if offset <= delta_room:
+            # Hot path: read the message header and a delta's fixed fields in one call;
+            # if the kind is not DELTA the last two values are simply not used.
+            kind, mflags, length, leaf_id, leaf_seq = unpack_delta_with_header(mv, offset)
+        elif offset + MESSAGE_HEADER_SIZE > end:
             raise DecodeError(
                 f"message_count says {count} but message {index} is missing or truncated",
                 offset=offset, field=f"messages[{index}]",
             )
-        kind, mflags, length = unpack_header(mv, offset)
+        else:
+            kind, mflags, length = unpack_header(mv, offset)
         body = offset + MESSAGE_HEADER_SIZE
         stop = body + length
         if stop > end:
@@ -183,8 +190,8 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
         if kind == 1:  # MessageKind.DELTA, inlined: this is the hot path
             if length < 12:
                 raise _short(index, "delta", length, 12, offset)
-            leaf_id, leaf_seq = unpack_delta(mv, body)
-            delta = Delta(seq, leaf_id, leaf_seq, mflags, mv[body + 12 : stop])
+            # tuple.__new__ directly: skips the named tuple's Python-level __new__.
+            delta = _new_tuple(Delta, (seq, leaf_id, leaf_seq, mflags, mv[body + 12 : stop]))
             if mflags & 3 or leaf_seq == 0:
                 _check_delta(delta, index, offset)
             append(delta)
@@ -385,6 +392,10 @@ class DatagramBuilder:
                 raise EncodeError(f"a delta payload of {size} bytes cannot fit a "
                                   f"{self.max_size}-byte datagram")
             return False
+        if leaf_seq == 0 or flags & 3 == 3 or (flags & 2 and size):
+            raise EncodeError(f"invalid delta (leaf_seq={leaf_seq}, flags={flags}, payload "
+                              f"{size} bytes): leaf_seq must be >= 1, CREATE and DELETE are "
+                              "exclusive and a DELETE has no payload")
         try:
             _DELTA_WITH_HEADER.pack_into(self._buffer, offset, 1, flags, 12 + size, leaf_id,
                                          leaf_seq)
@@ -407,8 +418,10 @@ class DatagramBuilder:
                 raise EncodeError(f"a snapshot fragment of {size} bytes cannot fit a "
                                   f"{self.max_size}-byte datagram")
             return False
-        if snap.fragment_offset + size > snap.total_length:
-            raise EncodeError("snapshot fragment overruns total_length")
+        try:  # the receiver's rules, so that a builder never emits a datagram they drop
+            _check_snapshot(snap, self._count, offset, self._sequence + self._deltas)
+        except DecodeError as exc:
+            raise EncodeError(f"invalid snapshot: {exc.reason}") from None
         try:
             _MESSAGE_HEADER.pack_into(self._buffer, offset, MessageKind.SNAPSHOT, snap.flags,
                                       _SNAPSHOT.size + size)

@@ -138,11 +138,12 @@ AuthTrailer = Struct(
 
 AUTH_TRAILER_SIZE = AuthTrailer.sizeof()
 
+# Keyed by plain ints (not enum members) so that construct's .compile() can emit them.
 _BODIES = {
-    MessageKind.DELTA: Struct(*DeltaFields.subcons, "payload" / GreedyBytes),
-    MessageKind.SNAPSHOT: Struct(*SnapshotFields.subcons, "payload" / GreedyBytes),
-    MessageKind.HEARTBEAT: HeartbeatFields,
-    MessageKind.END_OF_SESSION: EndOfSessionFields,
+    int(MessageKind.DELTA): Struct(*DeltaFields.subcons, "payload" / GreedyBytes),
+    int(MessageKind.SNAPSHOT): Struct(*SnapshotFields.subcons, "payload" / GreedyBytes),
+    int(MessageKind.HEARTBEAT): HeartbeatFields,
+    int(MessageKind.END_OF_SESSION): EndOfSessionFields,
 }
 
 Message = Struct(
@@ -154,7 +155,7 @@ Message = Struct(
 Datagram = Struct(
     "header" / Header,
     "messages" / Array(this.header.message_count, Message),
-    "auth" / If(this.header.flags & HeaderFlag.AUTH, AuthTrailer),
+    "auth" / If(this.header.flags & int(HeaderFlag.AUTH), AuthTrailer),
     Terminated,
 )
 

@@ -378,3 +378,31 @@ def test_decode_error_is_a_value_error_with_field_and_offset() -> None:
         codec.decode(b"XXXX" + bytes(40))
     assert isinstance(info.value, DecodeError)
     assert (info.value.field, info.value.offset) == ("magic", 0)
+
+
+@pytest.mark.parametrize(
+    ("leaf_seq", "flags", "payload"),
+    [(0, 0, b"x"), (1, DeltaFlag.CREATE | DeltaFlag.DELETE, b""), (1, DeltaFlag.DELETE, b"x")],
+    ids=["leaf_seq_0", "create_and_delete", "delete_with_payload"],
+)
+def test_builder_refuses_deltas_receivers_would_drop(leaf_seq: int, flags: int,
+                                                     payload: bytes) -> None:
+    builder = DatagramBuilder(1, 1)
+    builder.start(1)
+    with pytest.raises(EncodeError, match="invalid delta"):
+        builder.add_delta(3, leaf_seq, flags, payload)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"range_start": 9}, {"cycle_position": 4}, {"as_of_seq": 2},
+     {"cycle_count": 0}, {"flags": SnapshotFlag.DELETED}],
+    ids=["range_above_leaf", "position_past_count", "as_of_ahead", "zero_count", "deleted_len"],
+)
+def test_builder_refuses_snapshots_receivers_would_drop(changes: dict[str, Any]) -> None:
+    good = Snapshot(5, 0, 1, 0, 4, 1, 1, 3, 0, 0, b"abc")
+    builder = DatagramBuilder(1, 1)
+    builder.start(1)
+    assert builder.add_snapshot(good)
+    with pytest.raises(EncodeError, match="invalid snapshot"):
+        builder.add_snapshot(good._replace(**changes))

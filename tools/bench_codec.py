@@ -19,9 +19,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from construct import Array, FixedSized, GreedyBytes, If, Struct, Switch, Terminated, this
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,17 +55,6 @@ def best_ns_per_delta(fn: Callable[[], object], repeat: int, budget_s: float) ->
             fn()
         best = min(best, (time.perf_counter_ns() - start) / per_batch)
     return best / DELTAS
-
-
-def int_keyed_datagram() -> Any:
-    """wire.Datagram rebuilt from wire's own pieces, with int Switch keys (compilable)."""
-    bodies = {int(kind): body for kind, body in wire._BODIES.items()}
-    message = Struct(*wire.MessageHeader.subcons, "body" / FixedSized(
-        this.length, Switch(this.kind, bodies, default=GreedyBytes)))
-    return Struct("header" / wire.Header,
-                  "messages" / Array(this.header.message_count, message),
-                  "auth" / If(this.header.flags & int(wire.HeaderFlag.AUTH), wire.AuthTrailer),
-                  Terminated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,21 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     measure("encode", "construct: Datagram.build", construct_build)
     measure("encode", "construct: codec.encode_with_construct", construct_encode_codec)
 
-    compiled = None
-    try:
-        compiled = wire.Datagram.compile()
-    except Exception as exc:  # noqa: BLE001 - compile() support varies; report and go on
-        print(f"construct: wire.Datagram.compile() fails ({type(exc).__name__}: {exc.args[0]}); "
-              f"retrying with the Switch keyed by int instead of MessageKind members")
-        try:
-            compiled = int_keyed_datagram().compile()
-        except Exception as exc2:  # noqa: BLE001
-            print(f"construct .compile(): not usable ({type(exc2).__name__}: {exc2})")
-    if compiled is not None:
-        assert compiled.parse(raw) == container
-        assert compiled.build(container) == raw
-        measure("decode", "construct compiled: parse", lambda: compiled.parse(raw))
-        measure("encode", "construct compiled: build", lambda: compiled.build(container))
+    compiled = wire.Datagram.compile()
+    assert compiled.parse(raw) == container
+    assert compiled.build(container) == raw
+    measure("decode", "construct compiled: parse", lambda: compiled.parse(raw))
+    measure("encode", "construct compiled: build", lambda: compiled.build(container))
 
     print(f"\n{'':6} {'path':44} {'ns/delta':>10} {'x baseline':>11}")
     for group, name, ns in sorted(rows, key=lambda r: (r[0] != "decode", r[2])):
