@@ -413,54 +413,49 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         stats = self.stats
         expected = self.expected
         assert expected is not None
-        on_delta = self._on_delta
+        leaves_get = self.leaves.get
+        decode_delta = self.model.decode_delta
+        apply = self.model.apply
+        append_update = self.updates.append
+        gaps = self._gap_count
         duplicates = applied = 0
         for message in datagram.messages:
             if type(message) is Delta:
-                if message.seq >= expected:  # == expected: datagrams are processed in order
-                    on_delta(message)
-                    expected = message.seq + 1
-                    applied += 1
-                else:
+                seq, leaf_id, leaf_seq, flags, payload = message
+                if seq < expected:
                     duplicates += 1
+                    continue
+                expected = seq + 1  # == expected before: datagrams are processed in order
+                applied += 1
+                rec = leaves_get(leaf_id)
+                if (rec is not None and leaf_seq == rec.leaf_seq + 1 and not flags
+                        and rec.checked == gaps and not rec.stale):
+                    # Hot path, inlined: the next change of a verified leaf.
+                    change = decode_delta(payload)  # type: ignore[arg-type]
+                    value = rec.value = apply(rec.value, change)
+                    rec.leaf_seq = leaf_seq
+                    rec.seen_seq = seq
+                    append_update((leaf_id, CHANGED, value, change))
+                else:
+                    self._on_delta_slow(rec, message)
             elif type(message) is Snapshot:
-                self.expected = expected
                 self._on_snapshot(message, now)
             elif type(message) is Heartbeat:
                 stats.heartbeats += 1
                 if message.interval_ms:
                     self.heartbeat_interval_s = message.interval_ms / 1000
             elif type(message) is EndOfSession:
-                self.expected = expected
                 self._on_end_of_session(now)
             else:
                 stats.unknown_messages += 1
         self.expected = expected
+        stats.deltas += applied
         if duplicates:
             stats.duplicate_deltas += duplicates
             if not applied:
                 stats.duplicate_datagrams += 1
 
     # ------------------------------------------------------------------ deltas
-
-    def _on_delta(self, delta: Delta) -> None:
-        self.stats.deltas += 1
-        rec = self.leaves.get(delta.leaf_id)
-        if (rec is not None and delta.leaf_seq == rec.leaf_seq + 1 and not rec.stale
-                and not delta.flags):
-            # Hot path: the next change of a known leaf.
-            if rec.checked != self._gap_count:
-                rec.checked = self._gap_count
-                self._unverified -= 1
-                self.stats.suspects_proven += 1
-            model = self.model
-            change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
-            rec.value = model.apply(rec.value, change)
-            rec.leaf_seq = delta.leaf_seq
-            rec.seen_seq = delta.seq
-            self.updates.append((delta.leaf_id, CHANGED, rec.value, change))
-            return
-        self._on_delta_slow(rec, delta)
 
     def _on_delta_slow(self, rec: _Leaf | None, delta: Delta) -> None:
         leaf_id = delta.leaf_id
@@ -502,7 +497,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._buffer(rec, delta)
             return
         if delta.leaf_seq == rec.leaf_seq + 1:
-            # A flag we do not act on (reserved bits): treat as a normal change.
+            # The next change of a suspect leaf proves it untouched by the gaps (or a
+            # reserved flag bit we ignore): apply it as a normal change.
+            if rec.checked != self._gap_count:
+                self.stats.suspects_proven += 1
             self._mark_verified(rec)
             change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
             rec.value = model.apply(rec.value, change)
