@@ -1,0 +1,93 @@
+"""Socket options of the multicast transport (loopback only)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from grapevine import ConfigError
+from grapevine._transport import check_endpoint, open_receiver, open_sender
+
+pytestmark = pytest.mark.network
+
+GROUP = "239.255.75.9"
+
+
+def test_receiver_warns_when_the_os_clamps_the_buffer(caplog: pytest.LogCaptureFixture) -> None:
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        rmem_max = int(limit.read())
+    with caplog.at_level(logging.WARNING, logger="grapevine"):
+        receiver = open_receiver(GROUP, 47901, buffer_bytes=rmem_max * 4)
+    try:
+        assert receiver.buffer_size < rmem_max * 4
+        assert "clamped" in caplog.text
+        assert receiver.sock.getsockname() == (GROUP, 47901)  # bound to the group only
+    finally:
+        receiver.close()
+
+
+def test_two_receivers_share_a_port_and_both_get_each_datagram() -> None:
+    first = open_receiver(GROUP, 47902)
+    second = open_receiver(GROUP, 47902)
+    sender = open_sender(GROUP, 47902)
+    try:
+        sender.send(b"hello")
+        for receiver in (first, second):
+            receiver.settimeout(5)
+            buffer = bytearray(64)
+            size = receiver.recv_into(buffer)
+            assert bytes(buffer[:size]) == b"hello"
+    finally:
+        for thing in (first, second, sender):
+            thing.close()
+
+
+def test_kernel_drops_are_read_from_the_socket() -> None:
+    receiver = open_receiver(GROUP, 47903, buffer_bytes=4096)
+    sender = open_sender(GROUP, 47903)
+    try:
+        for _ in range(2000):  # far more than a 4 KiB buffer holds
+            sender.send(bytes(1000))
+        receiver.settimeout(1)
+        buffer = bytearray(2048)
+        received = 0
+        try:
+            while True:
+                receiver.recv_into(buffer)
+                received += 1
+        except TimeoutError:
+            pass
+        # Linux stamps the drop count on datagrams queued after the drops: send one more.
+        sender.send(b"after")
+        receiver.recv_into(buffer)
+        assert receiver.drops_supported
+        assert receiver.kernel_drops > 0
+        assert received + receiver.kernel_drops == 2000
+    finally:
+        receiver.close()
+        sender.close()
+
+
+def test_sender_defaults_are_loopback_and_ttl_zero() -> None:
+    sender = open_sender(GROUP, 47904)
+    try:
+        assert sender.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 0
+        assert socket.inet_ntoa(sender.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                                  4)) == "127.0.0.1"
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize(("group", "port", "interface", "message"), [
+    ("224.0.0", 1, "127.0.0.1", "not an IPv4"),
+    ("192.168.1.1", 1, "127.0.0.1", "not a multicast"),
+    ("239.1.1.1", 0, "127.0.0.1", "port"),
+    ("239.1.1.1", 1, "eth0", "interface"),
+])
+def test_bad_endpoints_are_refused(group: str, port: int, interface: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_endpoint(group, port, interface)
+    with pytest.raises(ConfigError):
+        open_sender(GROUP, 47905, ttl=256)
