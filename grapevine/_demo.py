@@ -309,8 +309,8 @@ def _print_results(results: list[_Result], console: _Console) -> bool:
         console.say(f"{r.name:<10}  {'yes' if r.synced else 'NO':<6}  {r.stats['gaps']:>4}  "
                     f"{r.stats['missed_deltas']:>6}  {r.stats['leaves_made_stale']:>10}  "
                     f"{r.stats['repairs']:>7}  {r.stats['restarts']:>8}  {first:>10}  {equal}")
-    console.say("(made stale / repairs also count books first heard of through a delta and then "
-                "installed from their snapshot, as at start-up and after the restart)")
+    console.say("(made stale / repairs also count books first heard of through a delta, then")
+    console.say(" installed from their snapshot: at start-up and after the restart)")
     console.say("")
     if ok:
         console.say(f"PASS: all {len(results)} subscribers synced; every replica equals the "
