@@ -84,11 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     drop = (lambda datagram: rng.random() < loss) if loss > 0 else None
     events: SimpleQueue[StatusEvent] = SimpleQueue()
     updates = Updates()
+    # Callbacks passed to the constructor are in place before the first datagram arrives.
     sub: Subscriber[OrderBook, BookDelta] = Subscriber(
         OrderBookModel(), group=args.group, port=args.port, stream_id=args.stream,
-        drop_filter=drop)
-    sub.on_status(events.put)
-    sub.on_update(updates)
+        drop_filter=drop, on_status=events.put, on_update=updates)
     print(f"listening on {args.group}:{args.port} stream {args.stream}"
           + (f" dropping {loss:.0%} of datagrams" if loss else ""), flush=True)
 

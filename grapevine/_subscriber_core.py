@@ -127,12 +127,13 @@ class SubscriberStats:
     deltas: int = 0
     duplicate_deltas: int = 0
     snapshots: int = 0
-    snapshots_used: int = 0
+    snapshots_used: int = 0  # snapshots that installed, repaired or proved a leaf
+    installs: int = 0  # leaves first installed from a snapshot (startup, lost CREATE)
     heartbeats: int = 0
     unknown_messages: int = 0
     gaps: int = 0
     missed_deltas: int = 0
-    leaves_made_stale: int = 0
+    leaves_made_stale: int = 0  # held leaves found to have missed changes (LEAF_STALE)
     suspects_proven: int = 0
     repairs: int = 0
     inferred_deletes: int = 0
@@ -518,8 +519,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.required = delta.seq  # a repair must reflect everything before this delta
         rec.buffer = []
         self._buffer(rec, delta)
-        self.stats.leaves_made_stale += 1
         if announce:
+            self.stats.leaves_made_stale += 1
             self._event(Status.LEAF_STALE, self.last_heard, leaf_id=leaf_id)
 
     def _buffer(self, rec: _Leaf, delta: Delta) -> None:
@@ -589,6 +590,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.leaves[leaf_id] = _Leaf(value, snap.leaf_seq, gaps, as_of - 1)
             self._deleted.pop(leaf_id, None)
             self.stats.snapshots_used += 1
+            self.stats.installs += 1
             self.updates.append((leaf_id, REPLACED, value, None))
             return
         if not rec.stale:
@@ -626,10 +628,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.leaf_seq = next_leaf_seq - 1
         rec.seen_seq = max(rec.seen_seq, as_of - 1)
         self.stats.snapshots_used += 1
-        self.stats.repairs += 1
         self.updates.append((leaf_id, REPLACED, value, None))
         if announced:
+            self.stats.repairs += 1
             self._event(Status.LEAF_REPAIRED, now, leaf_id=leaf_id)
+        else:
+            self.stats.installs += 1
 
     def _assert_absent(self, lo: int, hi: int, as_of: int, *, inclusive_hi: bool) -> None:
         if lo > hi or (lo == hi and not inclusive_hi):

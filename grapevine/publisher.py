@@ -48,7 +48,8 @@ class Publisher(Generic[LeafT, DeltaT]):
         stream_id: this stream's id (several streams may share a group and port).
         interface: address of the local interface to send from (default loopback).
         ttl: multicast TTL (default 0: the datagrams never leave this host).
-        initial: leaves the state starts with (sent by the snapshot cycle).
+        initial: leaves the state starts with (sent by the snapshot cycle). The publisher
+            takes ownership: mutable leaves passed here are changed by later deltas.
         config: pacing and limits (:class:`PublisherConfig`); ``stream_id`` overrides it.
         on_full: "block" (wait up to ``block_timeout_s``) or "error" when the queue is full.
     """
@@ -140,6 +141,11 @@ class Publisher(Generic[LeafT, DeltaT]):
         """Hold the state still (publish and the sender wait) and read it consistently."""
         with self._lock:
             yield self._core.leaves
+
+    @property
+    def last_sequence(self) -> int:
+        """The stream sequence of the last delta published (0: none yet)."""
+        return self._core.next_seq - 1
 
     @property
     def session_id(self) -> int:

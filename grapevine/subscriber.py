@@ -91,6 +91,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
         max_callback_backlog: updates callbacks may fall behind before conflation.
         drop_filter: fault injection for tests and demos: called with each received
             datagram; True drops it as if the network had lost it.
+        on_update, on_status: callbacks registered before the receiver starts (callbacks
+            registered later with :meth:`on_update` / :meth:`on_status` miss earlier events).
     """
 
     def __init__(
@@ -106,6 +108,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
         callbacks_on_receiver_thread: bool = False,
         max_callback_backlog: int = 100_000,
         drop_filter: DropFilter | None = None,
+        on_update: LeafCallback | None = None,
+        on_status: StatusCallback | None = None,
     ) -> None:
         if not isinstance(model, LeafModel):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
@@ -120,6 +124,12 @@ class Subscriber(Generic[LeafT, DeltaT]):
         self._lock = threading.Lock()
         self._synced = threading.Condition(self._lock)
         self._callbacks = Callbacks()
+        # Callbacks given here are in place before the first datagram is read, so they
+        # see every event (SESSION_STARTED, the first SYNCED, every initial install).
+        if on_update is not None:
+            self._callbacks.every_leaf.append(_callable(on_update))
+        if on_status is not None:
+            self._callbacks.status.append(_callable(on_status))
         self._drop_filter = drop_filter
         self.injected_drops = 0
         self.internal_errors = 0
@@ -176,6 +186,29 @@ class Subscriber(Generic[LeafT, DeltaT]):
         with self._synced:
             return self._synced.wait_for(lambda: self._core.synced or self._closed, timeout) \
                 and self._core.synced
+
+    def wait_until_applied(self, sequence: int, *, session_id: int | None = None,
+                           timeout: float | None = None) -> bool:
+        """Block until the replica reflects every delta up to ``sequence`` and is synced.
+
+        Pair it with the sequence :meth:`Publisher.publish` returns (and the publisher's
+        ``session_id``) to know that a subscriber has caught up with a given change.
+        """
+        core = self._core
+
+        def caught_up() -> bool:
+            return self._closed or (
+                core.synced and core.expected is not None and core.expected > sequence
+                and (session_id is None or core.session_id == session_id))
+
+        with self._synced:
+            return self._synced.wait_for(caught_up, timeout) and not self._closed
+
+    @property
+    def applied_sequence(self) -> int:
+        """The stream sequence of the last delta applied in the current session (0: none)."""
+        expected = self._core.expected
+        return expected - 1 if expected is not None else 0
 
     @contextmanager
     def locked(self) -> Iterator[Replica[LeafT]]:
@@ -287,6 +320,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
                         core.updates = []
                     if events:
                         core.events = []
+                    if size >= 0:  # waiters check synced state and the applied sequence
                         self._synced.notify_all()
                 if events or updates:
                     # Updates first: a SYNCED event follows the leaves that completed it.
@@ -307,3 +341,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
     def _check_open(self) -> None:
         if self._closed or self._closing.is_set():
             raise ClosedError("this Subscriber is closed")
+
+
+def _callable(callback: Any) -> Any:
+    if not callable(callback):
+        raise TypeError(f"callback {callback!r} is not callable")
+    return callback

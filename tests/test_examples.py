@@ -64,9 +64,7 @@ def test_subscriber_joins_a_running_publisher() -> None:
     finally:
         pub_out = finish(pub)
     assert sub_out.startswith("listening on")
-    # Not asserted: SESSION_STARTED. Joining a running stream, the first datagram can arrive
-    # before on_status() is registered (the receiver starts in Subscriber()), and events
-    # emitted before registration are lost. SYNCED needs a snapshot cycle, so it comes later.
+    assert "SESSION_STARTED" in sub_out
     assert "SYNCED" in sub_out
     assert re.search(r"\] SYNCED  fresh 20/20  stale 0 ", sub_out), sub_out
     assert TOP_OF_BOOK.search(sub_out), sub_out

@@ -273,3 +273,24 @@ def test_defaults_stay_on_the_host(endpoint: dict[str, Any]) -> None:
         assert sock.getsockname()[0] == "127.0.0.1"
     finally:
         sock.close()
+
+
+def test_constructor_callbacks_see_every_event_and_wait_until_applied(
+        endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    with Publisher(model, initial={1: b"x"}, config=fast_publisher(), **endpoint) as pub:
+        assert pub.last_sequence == 0
+        statuses: list[Status] = []
+        installs: list[int] = []
+        with Subscriber(model, on_status=lambda e: statuses.append(e.kind),
+                        on_update=lambda leaf_id, *_: installs.append(leaf_id),
+                        **endpoint) as sub:
+            seq = pub.publish(2, b"y")
+            assert seq == pub.last_sequence == 1
+            assert sub.wait_until_applied(seq, session_id=pub.session_id, timeout=10)
+            assert sub.applied_sequence >= seq
+            assert sub.values() == {1: b"x", 2: b"y"}
+            assert not sub.wait_until_applied(seq, session_id=12345, timeout=0.05)
+            assert wait_until(lambda: Status.SYNCED in statuses)
+            assert statuses[0] is Status.SESSION_STARTED
+            assert wait_until(lambda: set(installs) == {1, 2})
