@@ -168,15 +168,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         else:
             leaves[leaf_id] = model.apply(model.new_leaf(), delta)
             flags = DeltaFlag.CREATE
-        leaf_seqs = self._leaf_seqs
-        leaf_seq = leaf_seqs.get(leaf_id, 0) + 1
-        leaf_seqs[leaf_id] = leaf_seq
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        self._queue.append((leaf_id, leaf_seq, flags, payload))
-        self._queued_deltas += 1
-        self.stats.deltas += 1
-        return seq
+        return self._enqueue_delta(leaf_id, flags, payload)
 
     def delete(self, leaf_id: int) -> int:
         """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""

@@ -38,9 +38,11 @@ __all__ = [
     "SNAPSHOT_OVERHEAD",
     "Snapshot",
     "UnknownMessage",
+    "comparable",
     "decode",
     "decode_with_construct",
     "describe",
+    "encode",
     "encode_with_construct",
 ]
 
@@ -472,6 +474,34 @@ class DatagramBuilder:
         return True
 
 
+def encode(datagram: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes:
+    """Encode decoded values again with the fast path (the inverse of :func:`decode`).
+
+    Deltas' ``seq`` fields are implicit on the wire and ignored. Raises
+    :class:`EncodeError` for what :class:`DatagramBuilder` does not write: header flags,
+    an auth trailer, unknown message kinds, or more than fits ``max_size``.
+    """
+    if datagram.version != wire.VERSION or datagram.flags or datagram.auth is not None:
+        raise EncodeError("the fast path writes version 1 datagrams without header flags "
+                          "or auth trailer")
+    builder = DatagramBuilder(datagram.stream_id, datagram.session_id, max_size)
+    builder.start(datagram.sequence)
+    for msg in datagram.messages:
+        if isinstance(msg, Delta):
+            ok = builder.add_delta(msg.leaf_id, msg.leaf_seq, msg.flags, msg.payload)
+        elif isinstance(msg, Snapshot):
+            ok = builder.add_snapshot(msg)
+        elif isinstance(msg, Heartbeat):
+            ok = builder.add_heartbeat(msg.interval_ms)
+        elif isinstance(msg, EndOfSession):
+            ok = builder.add_end_of_session()
+        else:
+            raise EncodeError(f"the fast path does not write unknown message kind {msg.kind}")
+        if not ok:
+            raise EncodeError(f"the messages do not fit a {max_size}-byte datagram")
+    return bytes(builder.finish(datagram.send_time_ns))
+
+
 def _check_uint(name: str, value: int, bits: int) -> None:
     if not 0 <= value < 1 << bits:
         raise EncodeError(f"{name}={value} is outside the u{bits} range")
@@ -530,6 +560,22 @@ def _message(kind: int, flags: int, body: Any, length: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- describing
+
+
+def comparable(value: Any) -> Any:
+    """A form of decoded values that compares by content, whichever path produced them.
+
+    Payload memoryviews become bytes and named tuples keep their type name, so a Delta
+    never equals a Heartbeat that happens to hold the same numbers.
+    """
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    if isinstance(value, tuple):
+        return (type(value).__name__, *(comparable(item) for item in value))
+    if isinstance(value, list):
+        return [comparable(item) for item in value]
+    return value
+
 
 
 def describe(datagram: Decoded, *, payload_bytes: int = 16) -> str:

@@ -34,36 +34,15 @@ U64 = 2**64 - 1
 SESSION = 0x1234_5678_9ABC_DEF0
 
 
-def normalise(x: Any) -> Any:
-    """Comparable form of decoded values: memoryviews become bytes, tuples keep their type."""
-    if isinstance(x, memoryview | bytearray):
-        return bytes(x)
-    if isinstance(x, tuple):
-        return (type(x).__name__, *(normalise(i) for i in x))
-    if isinstance(x, list):
-        return [normalise(i) for i in x]
-    return x
+normalise = codec.comparable
 
 
 def builder_bytes(value: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes | None:
     """The fast path's encoding of ``value`` (None where DatagramBuilder cannot express it)."""
-    if value.flags or value.auth is not None or value.version != wire.VERSION:
+    try:
+        return codec.encode(value, max_size)
+    except EncodeError:
         return None
-    builder = DatagramBuilder(value.stream_id, value.session_id, max_size)
-    builder.start(value.sequence)
-    for msg in value.messages:
-        if isinstance(msg, Delta):
-            ok = builder.add_delta(msg.leaf_id, msg.leaf_seq, msg.flags, msg.payload)
-        elif isinstance(msg, Snapshot):
-            ok = builder.add_snapshot(msg)
-        elif isinstance(msg, Heartbeat):
-            ok = builder.add_heartbeat(msg.interval_ms)
-        elif isinstance(msg, EndOfSession):
-            ok = builder.add_end_of_session()
-        else:
-            return None
-        assert ok
-    return bytes(builder.finish(value.send_time_ns))
 
 
 # --------------------------------------------------------------------------- strategies

@@ -31,14 +31,7 @@ VECTORS = {p.stem: bytes.fromhex(json.loads(p.read_text())["hex"])
            for p in sorted((ROOT / "protocol" / "vectors").glob("*.json"))}
 
 
-def normalise(x: Any) -> Any:
-    if isinstance(x, memoryview | bytearray):
-        return bytes(x)
-    if isinstance(x, tuple):
-        return (type(x).__name__, *(normalise(i) for i in x))
-    if isinstance(x, list):
-        return [normalise(i) for i in x]
-    return x
+normalise = codec.comparable
 
 
 def header(count: int, *, sequence: int = 100, flags: int = 0, version: int = 1,

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from grapevine import codec, wire  # noqa: E402
-from grapevine._errors import DecodeError  # noqa: E402
+from grapevine._errors import DecodeError, EncodeError  # noqa: E402
 from grapevine.codec import (  # noqa: E402
     AuthTag,
     Decoded,
@@ -143,25 +143,10 @@ def datagram_fields(value: Decoded) -> dict[str, Any]:
 
 def build_with_builder(value: Decoded) -> bytes | None:
     """Encode ``value`` with DatagramBuilder, or None if the builder cannot express it."""
-    if value.version != wire.VERSION or value.flags or value.auth is not None:
+    try:
+        return codec.encode(value)
+    except EncodeError:
         return None
-    if any(isinstance(m, UnknownMessage) for m in value.messages):
-        return None
-    size = wire.MAX_DATAGRAM_SIZE
-    builder = codec.DatagramBuilder(value.stream_id, value.session_id, size)
-    builder.start(value.sequence)
-    for msg in value.messages:
-        if isinstance(msg, Delta):
-            ok = builder.add_delta(msg.leaf_id, msg.leaf_seq, msg.flags, msg.payload)
-        elif isinstance(msg, Snapshot):
-            ok = builder.add_snapshot(msg)
-        elif isinstance(msg, Heartbeat):
-            ok = builder.add_heartbeat(msg.interval_ms)
-        else:
-            ok = builder.add_end_of_session()
-        if not ok:
-            return None
-    return bytes(builder.finish(value.send_time_ns))
 
 
 # --------------------------------------------------------------------------- vectors
@@ -171,17 +156,7 @@ def _same(a: Decoded, b: Decoded) -> bool:
     return normalise(a) == normalise(b)
 
 
-def normalise(value: Decoded) -> Any:
-    """A comparable form of a Decoded (payload memoryviews become bytes)."""
-    def conv(x: Any) -> Any:
-        if isinstance(x, memoryview | bytearray):
-            return bytes(x)
-        if isinstance(x, tuple):
-            return (type(x).__name__, *(conv(i) for i in x))
-        if isinstance(x, list):
-            return [conv(i) for i in x]
-        return x
-    return conv(value)
+normalise = codec.comparable
 
 
 class Vectors:
