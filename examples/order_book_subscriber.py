@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = "SYNCED" if sub.synced else phase
                 rate = (updates.count - last_updates) / (now - last)
                 print(f"[{now - start:6.1f}s] {state}  fresh {fresh}/{total}  stale "
-                      f"{stats['stale_leaves']}  {rate:,.0f}"
+                      f"{stats['stale_leaves']}  suspect {stats['suspect_leaves']}  {rate:,.0f}"
                       f" updates/s  gaps {stats['gaps']}  repairs {stats['repairs']}  restarts "
                       f"{stats['restarts']}  dropped {stats['injected_drops']}", flush=True)
                 with sub.locked() as replica:

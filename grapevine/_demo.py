@@ -258,7 +258,8 @@ def _print_status(pub: Publisher[OrderBook, BookDelta] | None, subs: list[_Track
         fresh, total = sub.progress()
         state = "SYNCED " if sub.synced else "syncing"
         console.say(f"         {tracked.name:<8} {state} fresh {fresh:>4}/{total:<4} "
-                    f"stale {stats['stale_leaves']:>4}  gaps {stats['gaps']:>4}  "
+                    f"stale {stats['stale_leaves']:>3}  suspect {stats['suspect_leaves']:>3}  "
+                    f"gaps {stats['gaps']:>4}  "
                     f"repairs {stats['repairs']:>5}  updates {tracked.updates:>8,}")
 
 

@@ -307,7 +307,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     @property
     def unverified(self) -> int:
-        """Leaves that are stale or suspect (not fresh)."""
+        """Leaves that are stale or suspect (not fresh). O(1)."""
         return self._unverified
 
     def is_fresh(self, leaf_id: int) -> bool:
@@ -317,10 +317,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 and rec.checked == self._gap_count)
 
     def stale_leaves(self) -> list[int]:
-        """Ids of leaves that may be wrong (stale or suspect), ascending. O(n)."""
+        """Leaves known to have missed changes, waiting for a repairing snapshot. O(n)."""
+        return [leaf_id for leaf_id, rec in self.leaves.items() if rec.stale]
+
+    def suspect_leaves(self) -> list[int]:
+        """Leaves a gap may have touched, not yet proven either way. O(n)."""
         gaps = self._gap_count
         return [leaf_id for leaf_id, rec in self.leaves.items()
-                if rec.stale or rec.checked != gaps]
+                if not rec.stale and rec.checked != gaps]
 
     def values(self) -> dict[int, Any]:
         """A new dict of every installed leaf's value (fresh or not), by leaf id."""

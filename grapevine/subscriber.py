@@ -70,8 +70,12 @@ class Replica(Generic[LeafT]):
         return self._core.is_fresh(leaf_id)
 
     def stale_leaves(self) -> list[int]:
-        """Leaves that may be wrong (stale or suspect after a gap)."""
+        """Leaves known to have missed changes (waiting for a repairing snapshot)."""
         return self._core.stale_leaves()
+
+    def suspect_leaves(self) -> list[int]:
+        """Leaves a gap may have touched, not yet proven either way (not fresh either)."""
+        return self._core.suspect_leaves()
 
     def __len__(self) -> int:
         return len(self._core.values())
@@ -229,9 +233,18 @@ class Subscriber(Generic[LeafT, DeltaT]):
             return dict(self._core.values())
 
     def stale_leaves(self) -> list[int]:
-        """Leaves that may be wrong right now."""
+        """Leaves known to have missed changes, waiting for repair from a snapshot."""
         with self._lock:
             return self._core.stale_leaves()
+
+    def suspect_leaves(self) -> list[int]:
+        """Leaves a gap may have touched that no delta or snapshot has proven yet.
+
+        Neither stale nor suspect leaves are fresh: together they are every leaf that may
+        differ from the publisher right now. Both lists are O(number of leaves).
+        """
+        with self._lock:
+            return self._core.suspect_leaves()
 
     def progress(self) -> tuple[int, int]:
         """(fresh leaves, leaves the publisher announced): sync progress."""
@@ -247,7 +260,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
         """Every counter: the core's, plus callbacks, conflation, kernel and injected drops."""
         with self._lock:
             values = asdict(self._core.stats)
-            values["stale_leaves"] = self._core.unverified
+            stale = len(self._core.stale_leaves())
+            values["stale_leaves"] = stale
+            values["suspect_leaves"] = self._core.unverified - stale
         values["kernel_drops"] = self._socket.kernel_drops
         values["injected_drops"] = self.injected_drops
         values["callback_errors"] = self._callbacks.errors

@@ -219,6 +219,7 @@ def assert_converged(sim: Simulation, sub: SimSubscriber) -> None:
         f"stats={core.stats}"
     )
     assert core.stale_leaves() == [], core.stale_leaves()[:10]
+    assert core.suspect_leaves() == [], core.suspect_leaves()[:10]
     assert core.synced, (core.leaf_set_known, core.unverified, core.stats)
 
 

@@ -66,7 +66,7 @@ def test_subscriber_joins_a_running_publisher() -> None:
     assert sub_out.startswith("listening on")
     assert "SESSION_STARTED" in sub_out
     assert "SYNCED" in sub_out
-    assert re.search(r"\] SYNCED  fresh 20/20  stale 0 ", sub_out), sub_out
+    assert re.search(r"\] SYNCED  fresh 20/20  stale 0  suspect 0 ", sub_out), sub_out
     assert TOP_OF_BOOK.search(sub_out), sub_out
     assert "book    4" not in sub_out  # --top 3
     assert re.search(r"\d deltas/s .* snapshot cycles  20 leaves", pub_out), pub_out

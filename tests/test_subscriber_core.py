@@ -159,11 +159,13 @@ def test_gap_makes_leaves_suspect_until_proven_and_touched_leaves_stale() -> Non
     pair.pub.publish(0, 9)
     pair.deliver(pair.sent())
     assert [e.leaf_id for e in sub.events if e.kind is Status.LEAF_STALE] == [0]
-    assert sub.stale_leaves() == [0, 2, 3]
+    assert sub.stale_leaves() == [0]  # only the leaf the gap is known to have touched
+    assert sub.suspect_leaves() == [2, 3]  # not proven either way: not fresh either
     # A snapshot cycle proves 2 and 3 and repairs 0.
     pair.deliver(pair.full_cycle())
     assert [e.leaf_id for e in sub.events if e.kind is Status.LEAF_REPAIRED] == [0]
     assert sub.stale_leaves() == []
+    assert sub.suspect_leaves() == []
     assert sub.synced
     assert sub.values() == dict(pair.pub.leaves.items())
 
