@@ -50,6 +50,9 @@ class PublisherConfig:
     min_cycle_s: float = 0.25
     heartbeat_interval_s: float = 0.5
     max_queued_deltas: int = 65_536
+    # Hold a datagram that is not yet full for up to this long after the first delta of a
+    # burst, so that deltas published one by one share datagrams (the runtime applies it).
+    linger_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.stream_id <= 0xFFFF_FFFF:
@@ -66,6 +69,8 @@ class PublisherConfig:
             raise ConfigError("heartbeat_interval_s must be between 0.001 and 3600")
         if self.max_queued_deltas < 1:
             raise ConfigError("max_queued_deltas must be at least 1")
+        if not 0 <= self.linger_s <= 1:
+            raise ConfigError("linger_s must be between 0 and 1 second")
 
 
 @dataclass
@@ -127,6 +132,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._packed_seq = 1  # the sequence of the next delta not yet packed in a datagram
         self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot] = deque()
         self._queued_deltas = 0
+        self._queued_delta_bytes = 0
         self._builder = DatagramBuilder(self.config.stream_id, self.session_id,
                                         self.config.max_datagram_size)
         self._fragment_room = self.config.max_datagram_size - HEADER_SIZE - SNAPSHOT_OVERHEAD
@@ -185,6 +191,11 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         """Deltas published but not yet packed into a datagram."""
         return self._queued_deltas
 
+    @property
+    def queue_fills_a_datagram(self) -> bool:
+        """True if the queued deltas fill at least one datagram (lingering is pointless)."""
+        return self._queued_delta_bytes >= self.config.max_datagram_size - HEADER_SIZE
+
     def leaf_seq(self, leaf_id: int) -> int:
         """The leaf's current leaf sequence (0 if it never changed in this session)."""
         return self._leaf_seqs.get(leaf_id, 0)
@@ -230,6 +241,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.ended = True
         self._queue.clear()
         self._queued_deltas = 0
+        self._queued_delta_bytes = 0
+        self._queued_delta_bytes = 0
         builder = self._builder
         builder.start(self.next_seq)
         builder.add_end_of_session()
@@ -244,6 +257,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.next_seq = seq + 1
         self._queue.append((leaf_id, leaf_seq, flags, payload))
         self._queued_deltas += 1
+        self._queued_delta_bytes += DELTA_OVERHEAD + len(payload)
         self.stats.deltas += 1
         return seq
 
@@ -273,6 +287,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if packed:
             self._packed_seq += packed
             self._queued_deltas -= packed
+            self._queued_delta_bytes -= builder.delta_bytes
             self.stats.delta_datagrams += 1
         return self._finish(now, send_time_ns)
 

@@ -360,6 +360,7 @@ class DatagramBuilder:
         self._count = 0
         self._sequence = 0
         self._deltas = 0
+        self.delta_bytes = 0  # bytes the deltas of this datagram take (headers included)
 
     @property
     def count(self) -> int:
@@ -381,6 +382,7 @@ class DatagramBuilder:
         self._offset = HEADER_SIZE
         self._count = 0
         self._deltas = 0
+        self.delta_bytes = 0
         self._sequence = sequence
 
     def add_delta(self, leaf_id: int, leaf_seq: int, flags: int,
@@ -408,6 +410,7 @@ class DatagramBuilder:
         self._offset = stop
         self._count += 1
         self._deltas += 1
+        self.delta_bytes += stop - offset
         return True
 
     def add_snapshot(self, snap: Snapshot) -> bool:

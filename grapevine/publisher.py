@@ -6,6 +6,11 @@ datagrams (a datagram leaves when full or as soon as nothing more is queued, so 
 by themselves under load), interleaves the paced snapshot cycle, and sends heartbeats when
 idle.
 
+Latency against batching: by default a datagram leaves as soon as the sender finds the
+queue; ``PublisherConfig(linger_s=...)`` holds a datagram that is not yet full for up to
+that long after the first delta of a burst, so deltas published one at a time share
+datagrams. ``flush()`` and ``close()`` cut a linger short.
+
 Queue policy: at most ``max_queued_deltas`` deltas wait for the sender. When the queue is
 full, ``publish`` waits up to ``block_timeout_s`` for room (``on_full="block"``, default)
 or fails at once (``on_full="error"``); either way a change that cannot be queued raises
@@ -82,6 +87,9 @@ class Publisher(Generic[LeafT, DeltaT]):
         self._wake = threading.Condition(self._lock)  # publish -> sender
         self._room = threading.Condition(self._lock)  # sender -> blocked publish / flush
         self._sender_waiting = False
+        self._linger_s = self.config.linger_s
+        self._burst_started_at = 0.0
+        self._flushing = 0  # flush() calls waiting: they cut a linger short
         self._stopping = False
         self._closed = False
         self.send_errors = 0
@@ -100,6 +108,8 @@ class Publisher(Generic[LeafT, DeltaT]):
             core = self._core
             if core.queued_deltas >= self.config.max_queued_deltas:
                 self._wait_for_room()
+            if self._linger_s and not core.queued_deltas:
+                self._burst_started_at = time.monotonic()
             seq = core.publish(leaf_id, delta)
             if self._sender_waiting:
                 self._sender_waiting = False
@@ -121,9 +131,13 @@ class Publisher(Generic[LeafT, DeltaT]):
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every published delta has been sent; False on timeout."""
         with self._lock:
+            self._flushing += 1
             self._wake.notify()
-            return self._room.wait_for(lambda: self._core.queued_deltas == 0 or self._closed,
-                                       timeout)
+            try:
+                return self._room.wait_for(
+                    lambda: self._core.queued_deltas == 0 or self._closed, timeout)
+            finally:
+                self._flushing -= 1
 
     def get(self, leaf_id: int) -> LeafT:
         """The current value of a leaf (KeyError if absent)."""
@@ -209,6 +223,15 @@ class Publisher(Generic[LeafT, DeltaT]):
         while True:
             with lock:
                 now = clock()
+                linger_until = self._burst_started_at + self._linger_s
+                if (self._linger_s and now < linger_until and core.queued_deltas
+                        and not (self._flushing or self._stopping
+                                 or core.queue_fills_a_datagram)):
+                    # Let the datagram fill: publish() wakes us for every new delta.
+                    self._sender_waiting = True
+                    self._wake.wait(linger_until - now)
+                    self._sender_waiting = False
+                    continue
                 datagram = core.next_datagram(now, time.time_ns())
                 if datagram is None:
                     self._room.notify_all()  # the queue is empty: flush() and publishers

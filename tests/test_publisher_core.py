@@ -146,3 +146,20 @@ def test_snapshots_keep_their_pace_when_the_sender_is_saturated() -> None:
     # The budget counts each snapshot's bytes on the wire (payload and message overhead).
     budget_used_per_s = (pub.stats.snapshot_bytes + pub.stats.snapshots * SNAPSHOT_OVERHEAD) / 5
     assert 0.8 * rate < budget_used_per_s < 1.2 * rate
+
+
+def test_queue_knows_when_it_fills_a_datagram() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=100, linger_s=0.01),
+                        session_id=1)
+    per_delta = 16 + 8  # DELTA_OVERHEAD + an 8-byte ChainModel payload
+    fits = (1400 - 36) // per_delta
+    for i in range(fits - 1):
+        pub.publish(1, i)
+    assert not pub.queue_fills_a_datagram
+    pub.publish(1, 0)
+    pub.publish(1, 0)
+    assert pub.queue_fills_a_datagram
+    drain(pub, 0.0)
+    assert not pub.queue_fills_a_datagram
+    with pytest.raises(ConfigError):
+        PublisherConfig(linger_s=2)

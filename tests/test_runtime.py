@@ -294,3 +294,18 @@ def test_constructor_callbacks_see_every_event_and_wait_until_applied(
             assert wait_until(lambda: Status.SYNCED in statuses)
             assert statuses[0] is Status.SESSION_STARTED
             assert wait_until(lambda: set(installs) == {1, 2})
+
+
+def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) -> None:
+    model = BytesModel()
+    config = fast_publisher(linger_s=0.3, heartbeat_interval_s=5.0, min_cycle_s=5.0)
+    with Publisher(model, config=config, **endpoint) as pub, \
+            Subscriber(model, **endpoint) as sub:
+        seq = 0
+        for i in range(20):  # 20 small deltas well inside one linger: one datagram
+            seq = pub.publish(i, b"x")
+        assert sub.wait_until_applied(seq, timeout=10)
+        assert pub.stats()["delta_datagrams"] == 1
+        seq = pub.publish(99, b"y")
+        assert pub.flush(timeout=0.2)  # flush does not wait out the linger
+        assert sub.wait_until_applied(seq, timeout=10)
