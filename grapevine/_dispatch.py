@@ -118,7 +118,8 @@ class Dispatcher:
         """Deliver what is queued, then stop the thread. Idempotent."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(timeout)
+            if threading.current_thread() is not self._thread:  # close() from a callback
+                self._thread.join(timeout)
 
     def _run(self) -> None:
         queue = self._queue

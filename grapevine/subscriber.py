@@ -278,7 +278,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
         if self._closed:
             return
         self._closing.set()
-        self._receiver.join(timeout=5)
+        if threading.current_thread() is not self._receiver:  # not from an inline callback
+            self._receiver.join(timeout=5)
         self._socket.close()
         if self._dispatcher is not None:
             self._dispatcher.close()

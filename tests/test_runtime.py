@@ -309,3 +309,24 @@ def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) ->
         seq = pub.publish(99, b"y")
         assert pub.flush(timeout=0.2)  # flush does not wait out the linger
         assert sub.wait_until_applied(seq, timeout=10)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["dispatcher", "receiver_thread"])
+def test_close_from_inside_a_callback(endpoint: dict[str, Any], inline: bool) -> None:
+    model = BytesModel()
+    closed = threading.Event()
+    holder: list[Subscriber[bytes, bytes]] = []
+
+    def close_me(*_: Any) -> None:
+        holder[0].close()
+        closed.set()
+
+    sub = Subscriber(model, callbacks_on_receiver_thread=inline, on_update=close_me,
+                     **endpoint)
+    holder.append(sub)
+    with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+        pub.publish(1, b"x")
+        assert closed.wait(10)
+    sub.close()  # idempotent; the thread-leak fixture checks that every thread ended
+    with pytest.raises(ClosedError):
+        sub.on_status(print)
