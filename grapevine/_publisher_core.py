@@ -143,6 +143,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._tokens = 0.0
         self._tokens_at = now
         self._last_send = now - self.config.heartbeat_interval_s  # heartbeat at once
+        self._last_heartbeat = self._last_send
+        self._heartbeat_ms = round(self.config.heartbeat_interval_s * 1000)
         self.ended = False
 
     # ------------------------------------------------------------------ user side
@@ -216,13 +218,16 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._maybe_queue_snapshot(now)
         if not self._queue:
             if now - self._last_send >= self.config.heartbeat_interval_s:
-                builder = self._builder
-                builder.start(self._packed_seq)
-                builder.add_heartbeat(round(self.config.heartbeat_interval_s * 1000))
-                self.stats.heartbeats += 1
+                self._builder.start(self._packed_seq)
+                self._add_heartbeat(now)
                 return self._finish(now, send_time_ns)
             return None
         return self._pack(now, send_time_ns)
+
+    def _add_heartbeat(self, now: float) -> None:
+        self._builder.add_heartbeat(self._heartbeat_ms)
+        self._last_heartbeat = now
+        self.stats.heartbeats += 1
 
     def next_wakeup(self, now: float) -> float:
         """The latest time at which :meth:`next_datagram` must be called again."""
@@ -264,6 +269,10 @@ class PublisherCore(Generic[LeafT, DeltaT]):
     def _pack(self, now: float, send_time_ns: int) -> memoryview:
         builder = self._builder
         builder.start(self._packed_seq)
+        if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
+            # A busy stream also carries a heartbeat once per interval, so receivers
+            # always learn the interval (and derive their silence timeout) from it.
+            self._add_heartbeat(now)
         queue = self._queue
         add_delta = builder.add_delta
         while True:

@@ -163,3 +163,13 @@ def test_queue_knows_when_it_fills_a_datagram() -> None:
     assert not pub.queue_fills_a_datagram
     with pytest.raises(ConfigError):
         PublisherConfig(linger_s=2)
+
+
+def test_a_busy_stream_still_carries_a_heartbeat_every_interval() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(heartbeat_interval_s=0.1), session_id=1)
+    beats = 0
+    for tick in range(100):  # one second, never idle
+        pub.publish(tick % 5, tick)
+        for datagram in drain(pub, tick * 0.01):
+            beats += sum(isinstance(m, Heartbeat) for m in datagram.messages)
+    assert 9 <= beats <= 11
