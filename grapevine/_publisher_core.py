@@ -23,7 +23,16 @@ from sortedcontainers import SortedDict
 
 from . import wire
 from ._errors import ConfigError, EncodeError
-from .codec import DELTA_OVERHEAD, HEADER_SIZE, SNAPSHOT_OVERHEAD, DatagramBuilder, Snapshot
+from .codec import (
+    DELTA_OVERHEAD,
+    HEADER_SIZE,
+    SNAPSHOT_OVERHEAD,
+    TOUCHED_ENTRY_SIZE,
+    TOUCHED_OVERHEAD,
+    DatagramBuilder,
+    Snapshot,
+    Touched,
+)
 from .model import DeltaT, LeafModel, LeafT
 from .wire import DeltaFlag, SnapshotFlag
 
@@ -53,6 +62,10 @@ class PublisherConfig:
     # Hold a datagram that is not yet full for up to this long after the first delta of a
     # burst, so that deltas published one by one share datagrams (the runtime applies it).
     linger_s: float = 0.0
+    # Every this often, a TOUCHED summary names the leaves the last window of deltas
+    # changed, so receivers that lose deltas know exactly which leaves the loss touched.
+    # 0 turns summaries off (receivers then prove leaves one by one).
+    touched_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.stream_id <= 0xFFFF_FFFF:
@@ -71,6 +84,8 @@ class PublisherConfig:
             raise ConfigError("max_queued_deltas must be at least 1")
         if not 0 <= self.linger_s <= 1:
             raise ConfigError("linger_s must be between 0 and 1 second")
+        if not 0 <= self.touched_interval_s <= 10:
+            raise ConfigError("touched_interval_s must be between 0 (off) and 10 seconds")
 
 
 @dataclass
@@ -83,6 +98,8 @@ class PublisherStats:
     snapshots: int = 0
     snapshot_fragments: int = 0
     snapshot_bytes: int = 0
+    touched_summaries: int = 0
+    touched_entries: int = 0
     heartbeats: int = 0
     cycles: int = 0
     bytes_sent: int = 0
@@ -130,7 +147,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._leaf_seqs: dict[int, int] = {}
         self.next_seq = 1  # the sequence the next published delta gets
         self._packed_seq = 1  # the sequence of the next delta not yet packed in a datagram
-        self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot] = deque()
+        self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot | Touched] = deque()
         self._queued_deltas = 0
         self._queued_delta_bytes = 0
         self._builder = DatagramBuilder(self.config.stream_id, self.session_id,
@@ -143,6 +160,13 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._tokens = 0.0
         self._tokens_at = now
         self._last_send = now - self.config.heartbeat_interval_s  # heartbeat at once
+        # The current TOUCHED window: leaf -> leaf_seq for the deltas since _touched_from.
+        self._summaries = self.config.touched_interval_s > 0
+        self._touched: dict[int, int] = {}
+        self._touched_from = 1
+        self._touched_at = now
+        self._touched_max = (self.config.max_datagram_size - HEADER_SIZE
+                             - TOUCHED_OVERHEAD) // TOUCHED_ENTRY_SIZE
         self._last_heartbeat = self._last_send
         self._heartbeat_ms = round(self.config.heartbeat_interval_s * 1000)
         self.ended = False
@@ -215,6 +239,9 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         """
         if self.ended:
             return None
+        if self._touched and now - self._touched_at >= self.config.touched_interval_s:
+            self._queue_touched()
+            self._touched_at = now
         self._maybe_queue_snapshot(now)
         if not self._queue:
             if now - self._last_send >= self.config.heartbeat_interval_s:
@@ -235,6 +262,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if self._queue:
             return now
         snapshot_at = self._snapshot_due_at(now)
+        if self._touched:
+            heartbeat_at = min(heartbeat_at, self._touched_at + self.config.touched_interval_s)
         return min(heartbeat_at, snapshot_at)
 
     def end_of_session(self, now: float, send_time_ns: int = 0) -> memoryview:
@@ -264,7 +293,21 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._queued_deltas += 1
         self._queued_delta_bytes += DELTA_OVERHEAD + len(payload)
         self.stats.deltas += 1
+        if self._summaries:
+            touched = self._touched
+            touched[leaf_id] = leaf_seq
+            if len(touched) >= self._touched_max:
+                self._queue_touched()  # a summary must fit one datagram
         return seq
+
+    def _queue_touched(self) -> None:
+        """Queue the summary of the current window behind the last delta it covers."""
+        entries = tuple(sorted(self._touched.items()))
+        self._queue.append(Touched(self._touched_from, self.next_seq, entries))
+        self._touched_from = self.next_seq
+        self._touched = {}
+        self.stats.touched_summaries += 1
+        self.stats.touched_entries += len(entries)
 
     def _pack(self, now: float, send_time_ns: int) -> memoryview:
         builder = self._builder
@@ -284,11 +327,17 @@ class PublisherCore(Generic[LeafT, DeltaT]):
                 if not queue:
                     break
             item = queue[0]
-            if isinstance(item, tuple):
+            if type(item) is tuple:
                 if not add_delta(*item):
                     break
                 queue.popleft()
                 continue
+            if type(item) is Touched:
+                if not builder.add_touched(item):
+                    break
+                queue.popleft()
+                continue
+            assert isinstance(item, _QueuedSnapshot)
             if not self._pack_fragment(item):
                 break
             queue.popleft()

@@ -17,7 +17,12 @@ The algorithm is the one in protocol/SPEC.md, "Receiver algorithm":
 * snapshots assert that no leaf exists in ``[range_start, leaf_id)``; the union of those
   ranges tells when the whole leaf set is known, and removes leaves whose delete was lost.
 
-Suspects are tracked in O(1) per gap: a leaf is suspect when ``checked < gap_count``.
+* TOUCHED summaries name the leaves each window of deltas changed; once consecutive
+  summaries cover every unresolved gap, exactly the listed leaves that missed changes go
+  stale and every other suspect is cleared at once (step (k) of the SPEC).
+
+Suspects are tracked in O(1) per gap: a leaf is suspect when ``checked < gap_count``,
+unless every gap so far has been resolved by summaries (``resolved_gaps == gap_count``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sortedcontainers import SortedDict
 
 from . import wire
 from ._errors import ConfigError, DecodeError
-from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, decode
+from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode
 from .model import DeltaT, LeafModel, LeafT
 from .wire import DeltaFlag, SnapshotFlag
 
@@ -48,6 +53,7 @@ __all__ = [
 
 _MAX_ID = wire.MAX_LEAF_ID
 _ABSENT: Any = object()  # value of a leaf known to exist but not yet installed
+_MAX_CHAIN = 1 << 20  # leaves a chain of TOUCHED summaries may hold before it is dropped
 
 
 class UpdateKind(enum.IntEnum):
@@ -135,6 +141,8 @@ class SubscriberStats:
     missed_deltas: int = 0
     leaves_made_stale: int = 0  # held leaves found to have missed changes (LEAF_STALE)
     suspects_proven: int = 0
+    touched_summaries: int = 0
+    gaps_resolved: int = 0  # gap episodes whose touched leaves summaries named exactly
     repairs: int = 0
     inferred_deletes: int = 0
     restarts: int = 0
@@ -313,8 +321,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def is_fresh(self, leaf_id: int) -> bool:
         """True if the leaf is installed, not stale and verified against every gap."""
         rec = self.leaves.get(leaf_id)
-        return (rec is not None and rec.value is not _ABSENT and not rec.stale
-                and rec.checked == self._gap_count)
+        return (rec is not None and rec.value is not _ABSENT
+                and not self._is_unverified(rec))
 
     def stale_leaves(self) -> list[int]:
         """Leaves known to have missed changes, waiting for a repairing snapshot. O(n)."""
@@ -322,9 +330,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def suspect_leaves(self) -> list[int]:
         """Leaves a gap may have touched, not yet proven either way. O(n)."""
-        gaps = self._gap_count
         return [leaf_id for leaf_id, rec in self.leaves.items()
-                if not rec.stale and rec.checked != gaps]
+                if not rec.stale and self._is_unverified(rec)]
 
     def values(self) -> dict[int, Any]:
         """A new dict of every installed leaf's value (fresh or not), by leaf id."""
@@ -353,6 +360,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._hole_since = 0.0
         self._gap_count = 0
         self._last_gap_end = 0
+        self._resolved_gaps = 0  # == _gap_count: every gap so far resolved by summaries
+        self._unresolved_from: int | None = None  # start of the oldest unresolved gap
+        self._saved_coverage: tuple[_Coverage, int, bool] | None = None
+        self._chain: dict[int, int] = {}
+        self._chain_from = self._chain_to = -1
+        self._stale_count = 0
         self._coverage = _Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
@@ -406,9 +419,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.expected = end
         self.stats.gaps += 1
         self.stats.missed_deltas += end - first
-        # Every leaf may have been touched; the leaf set may have changed.
+        # Every leaf may have been touched; the leaf set may have changed. What the receiver
+        # knew of the leaf set is set aside: a summary covering the gaps can restore it.
         self._unverified = len(self.leaves)
-        self._coverage.clear()
+        if self._unresolved_from is None:
+            self._unresolved_from = first
+            self._saved_coverage = (self._coverage, self._coverage_from, self._leaf_set_known)
+        self._coverage = _Coverage()
         self._coverage_from = end
         self._leaf_set_known = False
         self._event(Status.GAP, now, first_seq=first, end_seq=end)
@@ -449,6 +466,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 stats.heartbeats += 1
                 if message.interval_ms:
                     self.heartbeat_interval_s = message.interval_ms / 1000
+            elif type(message) is Touched:
+                self._on_touched(message, now)
             elif type(message) is EndOfSession:
                 self._on_end_of_session(now)
             else:
@@ -504,7 +523,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if delta.leaf_seq == rec.leaf_seq + 1:
             # The next change of a suspect leaf proves it untouched by the gaps (or a
             # reserved flag bit we ignore): apply it as a normal change.
-            if rec.checked != self._gap_count:
+            if self._is_unverified(rec):
                 self.stats.suspects_proven += 1
             self._mark_verified(rec)
             change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
@@ -514,11 +533,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.updates.append((leaf_id, CHANGED, rec.value, change))
             return
         # leaf_seq jumped: this leaf missed changes.
-        if rec.checked == self._gap_count:
+        if not self._is_unverified(rec):
             self._unverified += 1
         self._make_stale(rec, leaf_id, delta, announce=True)
 
     def _make_stale(self, rec: _Leaf, leaf_id: int, delta: Delta, *, announce: bool) -> None:
+        self._stale_count += 1
         rec.stale = True
         rec.required = delta.seq  # a repair must reflect everything before this delta
         rec.buffer = []
@@ -539,20 +559,89 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         buffer.append((delta.leaf_seq, delta.seq, delta.flags, bytes(delta.payload)))
 
+    def _is_unverified(self, rec: _Leaf) -> bool:
+        """Stale, or suspect: not checked against every gap that summaries left open."""
+        gaps = self._gap_count
+        return rec.stale or (rec.checked != gaps and self._resolved_gaps != gaps)
+
     def _mark_verified(self, rec: _Leaf) -> None:
-        if rec.stale or rec.checked != self._gap_count:
+        if self._is_unverified(rec):
             self._unverified -= 1
+        if rec.stale:
+            self._stale_count -= 1
         rec.stale = False
         rec.buffer = None
         rec.checked = self._gap_count
 
     def _remove(self, leaf_id: int, rec: _Leaf) -> None:
-        if rec.stale or rec.checked != self._gap_count:
+        if self._is_unverified(rec):
             self._unverified -= 1
+        if rec.stale:
+            self._stale_count -= 1
         del self.leaves[leaf_id]
         self._deleted[leaf_id] = max(self._deleted.get(leaf_id, 0), rec.leaf_seq)
         if rec.value is not _ABSENT:
             self.updates.append((leaf_id, DELETED, None, None))
+
+    # ------------------------------------------------------------------ summaries
+
+    def _on_touched(self, touched: Touched, now: float) -> None:
+        """Extend the chain of consecutive summaries; resolve gaps once it covers them."""
+        self.stats.touched_summaries += 1
+        if self._chain_from <= touched.first_seq and touched.end_seq <= self._chain_to:
+            return  # a duplicate (or a window already in the chain)
+        if touched.first_seq == self._chain_to and len(self._chain) < _MAX_CHAIN:
+            self._chain.update(touched.entries)
+            self._chain_to = touched.end_seq
+        else:
+            self._chain = dict(touched.entries)
+            self._chain_from, self._chain_to = touched.first_seq, touched.end_seq
+        unresolved_from = self._unresolved_from
+        if unresolved_from is None:
+            # Nothing to resolve: remember only this window, the start of a future chain.
+            if self._chain_from != touched.first_seq:
+                self._chain = dict(touched.entries)
+                self._chain_from = touched.first_seq
+        elif self._chain_from <= unresolved_from and self._chain_to >= self._last_gap_end:
+            self._resolve(now)
+
+    def _resolve(self, now: float) -> None:
+        """The chain names every leaf the unresolved gaps may have touched: act on exactly
+        those, and clear every other suspect at once."""
+        end = self._chain_to
+        leaves = self.leaves
+        for leaf_id, listed in self._chain.items():
+            rec = leaves.get(leaf_id)
+            if rec is None:
+                if listed > self._deleted.get(leaf_id, 0):
+                    # Created (or changed) in a gap and never seen: wait for its snapshot.
+                    rec = _Leaf(_ABSENT, 0, self._gap_count, end - 1)
+                    leaves[leaf_id] = rec
+                    self._unverified += 1
+                    self._stale_count += 1
+                    rec.stale, rec.required, rec.buffer = True, end, []
+                continue
+            if rec.stale:
+                rec.required = max(rec.required, end)  # its repair must include the gaps
+            elif rec.leaf_seq < listed:
+                if not self._is_unverified(rec):
+                    self._unverified += 1
+                self._stale_count += 1
+                rec.stale, rec.required, rec.buffer = True, end, []
+                self.stats.leaves_made_stale += 1
+                self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
+        # Every other leaf was untouched by the gaps (or is current, leaf_seq >= listed).
+        self._resolved_gaps = self._gap_count
+        self._unverified = self._stale_count
+        self._unresolved_from = None
+        self.stats.gaps_resolved += 1
+        if self._saved_coverage is not None:
+            coverage, coverage_from, known = self._saved_coverage
+            for lo, hi in self._coverage.ranges.items():
+                coverage.add(lo, hi)
+            self._coverage, self._coverage_from = coverage, coverage_from
+            self._leaf_set_known = known or coverage.complete
+            self._saved_coverage = None
 
     # ------------------------------------------------------------------ snapshots
 
@@ -598,7 +687,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.updates.append((leaf_id, REPLACED, value, None))
             return
         if not rec.stale:
-            if rec.checked == gaps or as_of < self._last_gap_end:
+            if not self._is_unverified(rec) or as_of < self._last_gap_end:
                 return  # verified leaves ignore snapshots; too old to prove anything
             if snap.leaf_seq == rec.leaf_seq:
                 self._mark_verified(rec)
@@ -613,7 +702,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         # A stale leaf: repair it if this snapshot reflects all it missed and chains with
         # the deltas it buffered since.
-        if as_of < rec.required or (rec.checked != gaps and as_of < self._last_gap_end):
+        if as_of < rec.required or (rec.checked != gaps and self._resolved_gaps != gaps
+                                    and as_of < self._last_gap_end):
             return
         buffer = rec.buffer or []
         chain = [item for item in buffer if item[0] > snap.leaf_seq]
@@ -682,6 +772,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
 
     def _update_synced(self, now: float) -> None:
+        if self._unresolved_from is not None and self._unverified == self._stale_count:
+            # Every leaf was proven (or found stale) one by one: nothing left to resolve.
+            self._unresolved_from = None
+            self._saved_coverage = None
         synced = (self._leaf_set_known and self._unverified == 0 and not self.silent
                   and not self.ended and self.session_id is not None)
         if synced != self.synced:

@@ -37,6 +37,9 @@ __all__ = [
     "DELTA_OVERHEAD",
     "SNAPSHOT_OVERHEAD",
     "Snapshot",
+    "TOUCHED_ENTRY_SIZE",
+    "TOUCHED_OVERHEAD",
+    "Touched",
     "UnknownMessage",
     "comparable",
     "decode",
@@ -52,6 +55,8 @@ _DELTA = struct.Struct(wire.struct_format(wire.DeltaFields))
 _SNAPSHOT = struct.Struct(wire.struct_format(wire.SnapshotFields))
 _HEARTBEAT = struct.Struct(wire.struct_format(wire.HeartbeatFields))
 _AUTH = struct.Struct(wire.struct_format(wire.AuthTrailer))
+_TOUCHED = struct.Struct(wire.struct_format(wire.TouchedFields))
+_TOUCHED_ENTRY = struct.Struct(wire.struct_format(wire.TouchedEntry))
 # The message header and the fixed delta fields packed in one call (hot path).
 _DELTA_WITH_HEADER = struct.Struct(_MESSAGE_HEADER.format + _DELTA.format.lstrip("<"))
 _new_tuple = tuple.__new__
@@ -60,6 +65,8 @@ HEADER_SIZE = _HEADER.size
 MESSAGE_HEADER_SIZE = _MESSAGE_HEADER.size
 DELTA_OVERHEAD = MESSAGE_HEADER_SIZE + _DELTA.size  # bytes a delta costs beyond its payload
 SNAPSHOT_OVERHEAD = MESSAGE_HEADER_SIZE + _SNAPSHOT.size
+TOUCHED_OVERHEAD = MESSAGE_HEADER_SIZE + _TOUCHED.size  # plus TOUCHED_ENTRY_SIZE per leaf
+TOUCHED_ENTRY_SIZE = _TOUCHED_ENTRY.size
 _MAX_BODY = 0xFFFF
 
 _DELTA_FLAGS_BOTH = DeltaFlag.CREATE | DeltaFlag.DELETE
@@ -101,6 +108,19 @@ class EndOfSession(NamedTuple):
     """The publisher stopped cleanly; the header's sequence is one past its last delta."""
 
 
+class Touched(NamedTuple):
+    """Which leaves the DELTAs with ``first_seq <= seq < end_seq`` changed.
+
+    ``entries`` holds ``(leaf_id, leaf_seq)`` pairs, ascending by leaf id: every leaf those
+    deltas changed and its leaf_seq after them. A receiver that lost some of those deltas
+    learns from it exactly which leaves the loss touched.
+    """
+
+    first_seq: int
+    end_seq: int
+    entries: tuple[tuple[int, int], ...]
+
+
 class UnknownMessage(NamedTuple):
     """A message kind this version does not know; receivers skip it."""
 
@@ -116,7 +136,7 @@ class AuthTag(NamedTuple):
     tag: bytes
 
 
-Message = Delta | Snapshot | Heartbeat | EndOfSession | UnknownMessage
+Message = Delta | Snapshot | Heartbeat | EndOfSession | Touched | UnknownMessage
 
 
 class Decoded(NamedTuple):
@@ -211,6 +231,13 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
             append(Heartbeat(*_HEARTBEAT.unpack_from(mv, body)))
         elif kind == MessageKind.END_OF_SESSION:
             append(EndOfSession())
+        elif kind == MessageKind.TOUCHED:
+            _check_touched_length(length, index, offset)
+            first_seq, end_seq = _TOUCHED.unpack_from(mv, body)
+            entries = tuple(_TOUCHED_ENTRY.iter_unpack(mv[body + _TOUCHED.size : stop]))
+            touched = Touched(first_seq, end_seq, entries)
+            _check_touched(touched, index, offset, seq)
+            append(touched)
         else:
             append(UnknownMessage(kind, mflags, mv[body:stop]))
         offset = stop
@@ -265,6 +292,12 @@ def decode_with_construct(data: bytes | bytearray | memoryview) -> Decoded:
             messages.append(Heartbeat(body.interval_ms))
         elif msg.kind == MessageKind.END_OF_SESSION:
             messages.append(EndOfSession())
+        elif msg.kind == MessageKind.TOUCHED:
+            _check_touched_length(msg.length, index, offset)
+            touched = Touched(body.first_seq, body.end_seq,
+                              tuple((e.leaf_id, e.leaf_seq) for e in body.entries))
+            _check_touched(touched, index, offset, seq)
+            messages.append(touched)
         else:
             messages.append(UnknownMessage(msg.kind, msg.flags, memoryview(body)))
         offset += MESSAGE_HEADER_SIZE + msg.length
@@ -328,6 +361,30 @@ def _check_snapshot(snap: Snapshot, index: int, offset: int, next_seq: int) -> N
     if snap.flags & SnapshotFlag.DELETED and snap.total_length:
         raise DecodeError("a DELETED snapshot must have total_length 0", offset=body + 36,
                           field=f"{where}.total_length")
+
+
+def _check_touched_length(length: int, index: int, offset: int) -> None:
+    if length < _TOUCHED.size or (length - _TOUCHED.size) % _TOUCHED_ENTRY.size:
+        raise DecodeError(f"touched message {index} has length {length}: it must be "
+                          f"{_TOUCHED.size} plus a multiple of {_TOUCHED_ENTRY.size}",
+                          offset=offset + 2, field=f"messages[{index}].length")
+
+
+def _check_touched(touched: Touched, index: int, offset: int, next_seq: int) -> None:
+    where = f"messages[{index}]"
+    body = offset + MESSAGE_HEADER_SIZE
+    if not touched.first_seq <= touched.end_seq <= next_seq:
+        raise DecodeError(f"touched range [{touched.first_seq}, {touched.end_seq}) is reversed "
+                          f"or ahead of the stream ({next_seq})", offset=body + 8,
+                          field=f"{where}.end_seq")
+    previous = -1
+    for position, (leaf_id, leaf_seq) in enumerate(touched.entries):
+        if leaf_id <= previous or leaf_seq == 0:
+            raise DecodeError(f"touched entry {position} (leaf {leaf_id}, leaf_seq {leaf_seq}) "
+                              "breaks ascending leaf ids or has leaf_seq 0",
+                              offset=body + _TOUCHED.size + position * _TOUCHED_ENTRY.size,
+                              field=f"{where}.entries")
+        previous = leaf_id
 
 
 # --------------------------------------------------------------------------- encoding
@@ -438,6 +495,35 @@ class DatagramBuilder:
         self._count += 1
         return True
 
+    def add_touched(self, touched: Touched) -> bool:
+        """Append a TOUCHED summary; False if it does not fit (nothing written)."""
+        offset = self._offset
+        length = _TOUCHED.size + len(touched.entries) * _TOUCHED_ENTRY.size
+        stop = offset + MESSAGE_HEADER_SIZE + length
+        if stop > self.max_size:
+            if self._count == 0:
+                raise EncodeError(f"a touched summary of {len(touched.entries)} leaves cannot "
+                                  f"fit a {self.max_size}-byte datagram")
+            return False
+        try:
+            _check_touched(touched, self._count, offset, self._sequence + self._deltas)
+        except DecodeError as exc:
+            raise EncodeError(f"invalid touched summary: {exc.reason}") from None
+        try:
+            _MESSAGE_HEADER.pack_into(self._buffer, offset, MessageKind.TOUCHED, 0, length)
+            _TOUCHED.pack_into(self._buffer, offset + MESSAGE_HEADER_SIZE, touched.first_seq,
+                               touched.end_seq)
+            position = offset + TOUCHED_OVERHEAD
+            pack_entry = _TOUCHED_ENTRY.pack_into
+            for leaf_id, leaf_seq in touched.entries:
+                pack_entry(self._buffer, position, leaf_id, leaf_seq)
+                position += _TOUCHED_ENTRY.size
+        except struct.error as exc:
+            raise EncodeError(f"touched summary not representable: {exc}") from None
+        self._offset = stop
+        self._count += 1
+        return True
+
     def add_heartbeat(self, interval_ms: int) -> bool:
         """Append a heartbeat; False if it does not fit."""
         return self._add_fixed(MessageKind.HEARTBEAT, _HEARTBEAT, (interval_ms,))
@@ -498,6 +584,8 @@ def encode(datagram: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes:
             ok = builder.add_heartbeat(msg.interval_ms)
         elif isinstance(msg, EndOfSession):
             ok = builder.add_end_of_session()
+        elif isinstance(msg, Touched):
+            ok = builder.add_touched(msg)
         else:
             raise EncodeError(f"the fast path does not write unknown message kind {msg.kind}")
         if not ok:
@@ -533,6 +621,13 @@ def encode_with_construct(datagram: Decoded) -> bytes:
                                      _HEARTBEAT.size))
         elif isinstance(msg, EndOfSession):
             messages.append(_message(MessageKind.END_OF_SESSION, 0, {}, 0))
+        elif isinstance(msg, Touched):
+            entries = [{"leaf_id": leaf_id, "leaf_seq": leaf_seq}
+                       for leaf_id, leaf_seq in msg.entries]
+            messages.append(_message(MessageKind.TOUCHED, 0,
+                                     {"first_seq": msg.first_seq, "end_seq": msg.end_seq,
+                                      "entries": entries},
+                                     _TOUCHED.size + len(entries) * _TOUCHED_ENTRY.size))
         else:
             messages.append(_message(msg.kind, msg.flags, bytes(msg.body), len(msg.body)))
     value = {
@@ -548,7 +643,7 @@ def encode_with_construct(datagram: Decoded) -> bytes:
     }
     try:
         data = bytes(wire.Datagram.build(value))
-    except (ConstructError, struct.error, OverflowError, ValueError) as exc:
+    except (ConstructError, struct.error, OverflowError, ValueError, TypeError) as exc:
         raise EncodeError(f"datagram not representable: {exc}") from None
     if len(data) > wire.MAX_DATAGRAM_SIZE:
         raise EncodeError(f"datagram of {len(data)} bytes exceeds the UDP maximum "
@@ -612,6 +707,11 @@ def _describe_message(msg: Message, payload_bytes: int) -> str:
         return f"HEARTBEAT interval_ms={msg.interval_ms}"
     if isinstance(msg, EndOfSession):
         return "END_OF_SESSION"
+    if isinstance(msg, Touched):
+        shown = " ".join(f"{leaf_id}@{leaf_seq}" for leaf_id, leaf_seq in msg.entries[:8])
+        more = f" ...(+{len(msg.entries) - 8})" if len(msg.entries) > 8 else ""
+        return (f"TOUCHED seq=[{msg.first_seq}, {msg.end_seq}) leaves={len(msg.entries)}"
+                f"{': ' + shown if shown else ''}{more}")
     return f"UNKNOWN kind={msg.kind} flags={msg.flags:#04x} body={_hex(msg.body, payload_bytes)}"
 
 

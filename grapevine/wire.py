@@ -17,6 +17,7 @@ from construct import (
     Const,
     FixedSized,
     GreedyBytes,
+    GreedyRange,
     If,
     Int8ul,
     Int16ul,
@@ -38,6 +39,8 @@ __all__ = [
     "HeaderFlag",
     "Header",
     "HeartbeatFields",
+    "TouchedEntry",
+    "TouchedFields",
     "MAGIC",
     "MAX_DATAGRAM_SIZE",
     "DEFAULT_DATAGRAM_SIZE",
@@ -67,6 +70,7 @@ class MessageKind(enum.IntEnum):
     SNAPSHOT = 2
     HEARTBEAT = 3
     END_OF_SESSION = 4
+    TOUCHED = 5
 
 
 class HeaderFlag(enum.IntFlag):
@@ -130,6 +134,16 @@ HeartbeatFields = Struct(
 
 EndOfSessionFields = Struct()
 
+TouchedFields = Struct(
+    "first_seq" / Int64ul,       # the summary covers DELTAs with first_seq <= seq < end_seq
+    "end_seq" / Int64ul,
+)                                # followed by (length - 16) / 12 entries, ascending leaf_id
+
+TouchedEntry = Struct(
+    "leaf_id" / Int32ul,         # a leaf those DELTAs changed
+    "leaf_seq" / Int64ul,        # its leaf_seq after them
+)
+
 AuthTrailer = Struct(
     "key_id" / Int32ul,
     "tag" / Bytes(16),
@@ -144,6 +158,8 @@ _BODIES = {
     int(MessageKind.SNAPSHOT): Struct(*SnapshotFields.subcons, "payload" / GreedyBytes),
     int(MessageKind.HEARTBEAT): HeartbeatFields,
     int(MessageKind.END_OF_SESSION): EndOfSessionFields,
+    int(MessageKind.TOUCHED): Struct(*TouchedFields.subcons,
+                                     "entries" / GreedyRange(TouchedEntry)),
 }
 
 Message = Struct(

@@ -25,9 +25,10 @@ from grapevine.codec import (  # noqa: E402
     EndOfSession,
     Heartbeat,
     Snapshot,
+    Touched,
     UnknownMessage,
 )
-from grapevine.wire import DeltaFlag, HeaderFlag, SnapshotFlag  # noqa: E402
+from grapevine.wire import DeltaFlag, HeaderFlag, MessageKind, SnapshotFlag  # noqa: E402
 
 U32 = 2**32 - 1
 U64 = 2**64 - 1
@@ -87,11 +88,26 @@ def snapshots(draw: st.DrawFn, next_seq: int) -> Snapshot:
 
 
 @st.composite
+def touched(draw: st.DrawFn, next_seq: int) -> Touched:
+    """A valid TOUCHED at a position whose next DELTA has sequence ``next_seq``."""
+    end_seq = draw(st.integers(0, min(next_seq, U64)))
+    first_seq = draw(st.one_of(st.just(end_seq), st.integers(0, end_seq)))
+    ids = draw(st.lists(u32, unique=True, max_size=6))
+    entries = tuple((leaf_id, draw(st.integers(1, U64))) for leaf_id in sorted(ids))
+    return Touched(first_seq, end_seq, entries)
+
+
+# Kinds version 1 does not know (TOUCHED = 5 is the highest known one).
+unknown_kinds = st.one_of(st.just(0), st.integers(max(MessageKind) + 1, 255))
+
+
+@st.composite
 def datagrams(draw: st.DrawFn, *, allow_extensions: bool = True) -> Decoded:
     sequence = draw(st.one_of(st.integers(0, 10_000), u64))
     seq = sequence
     messages: list[codec.Message] = []
-    kinds = ["delta", "snapshot", "heartbeat", "eos"] + (["unknown"] if allow_extensions else [])
+    kinds = ["delta", "snapshot", "heartbeat", "eos", "touched"] + (
+        ["unknown"] if allow_extensions else [])
     for kind in draw(st.lists(st.sampled_from(kinds), max_size=12)):
         if kind == "delta":
             messages.append(draw(deltas())._replace(seq=seq))
@@ -102,9 +118,10 @@ def datagrams(draw: st.DrawFn, *, allow_extensions: bool = True) -> Decoded:
             messages.append(Heartbeat(draw(u32)))
         elif kind == "eos":
             messages.append(EndOfSession())
+        elif kind == "touched":
+            messages.append(draw(touched(seq)))
         else:
-            unknown_kind = draw(st.one_of(st.just(0), st.integers(5, 255)))
-            messages.append(UnknownMessage(unknown_kind, draw(st.integers(0, 255)),
+            messages.append(UnknownMessage(draw(unknown_kinds), draw(st.integers(0, 255)),
                                            draw(small_payload)))
     flags, auth = 0, None
     if allow_extensions:
@@ -385,3 +402,117 @@ def test_builder_refuses_snapshots_receivers_would_drop(changes: dict[str, Any])
     assert builder.add_snapshot(good)
     with pytest.raises(EncodeError, match="invalid snapshot"):
         builder.add_snapshot(good._replace(**changes))
+
+
+# --------------------------------------------------------------------------- TOUCHED
+
+
+def test_touched_is_kind_5_and_the_unknown_kinds_are_0_and_6_to_255() -> None:
+    assert int(MessageKind.TOUCHED) == 5 == max(MessageKind)
+    assert codec.TOUCHED_OVERHEAD == 4 + wire.TouchedFields.sizeof() == 20
+    assert codec.TOUCHED_ENTRY_SIZE == wire.TouchedEntry.sizeof() == 12
+    for kind in (0, 6, 200, 255):
+        raw = codec.encode_with_construct(
+            Decoded(1, 0, 1, SESSION, 1, 0, [UnknownMessage(kind, 0, b"x")]))
+        assert isinstance(codec.decode(raw).messages[0], UnknownMessage)
+
+
+def test_builder_round_trip_touched() -> None:
+    builder = DatagramBuilder(3, SESSION)
+    builder.start(100)
+    assert builder.add_delta(7, 4, 0, b"a")
+    assert builder.add_delta(2, 1, DeltaFlag.CREATE, b"b")
+    summary = Touched(95, 102, ((2, 1), (5, 9), (7, 4)))
+    assert builder.add_touched(summary)
+    assert builder.add_touched(Touched(102, 102, ()))  # empty window: valid on the wire
+    assert (builder.count, builder.delta_count) == (4, 2)  # TOUCHED consumes no sequence
+    raw = bytes(builder.finish(1))
+    assert len(raw) == (codec.HEADER_SIZE + 2 * (codec.DELTA_OVERHEAD + 1)
+                        + 2 * codec.TOUCHED_OVERHEAD + 3 * codec.TOUCHED_ENTRY_SIZE)
+    decoded = codec.decode(raw)
+    assert decoded.messages[2:] == [summary, Touched(102, 102, ())]
+    assert normalise(codec.decode_with_construct(raw)) == normalise(decoded)
+    assert codec.encode_with_construct(decoded) == raw
+    assert codec.encode(decoded) == raw
+    text = codec.describe(decoded)
+    assert "TOUCHED seq=[95, 102) leaves=3: 2@1 5@9 7@4" in text
+    assert "TOUCHED seq=[102, 102) leaves=0" in text
+
+
+def test_touched_in_a_delta_less_datagram() -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(50)
+    assert builder.add_touched(Touched(40, 50, ((1, 3),)))
+    decoded = codec.decode(builder.finish(0))
+    assert decoded.sequence == 50
+    assert decoded.messages == [Touched(40, 50, ((1, 3),))]
+
+
+def test_describe_abbreviates_long_touched() -> None:
+    entries = tuple((i, 1) for i in range(20))
+    text = codec.describe(Decoded(1, 0, 1, SESSION, 5, 0, [Touched(1, 5, entries)]))
+    assert "leaves=20: 0@1 1@1 2@1 3@1 4@1 5@1 6@1 7@1 ...(+12)" in text
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [Touched(1, 5, ((3, 1), (2, 1))), Touched(1, 5, ((3, 1), (3, 2))),
+     Touched(1, 5, ((3, 0),)), Touched(1, 6, ((3, 1),)), Touched(4, 3, ((3, 1),))],
+    ids=["descending_ids", "duplicate_id", "leaf_seq_0", "end_seq_ahead", "reversed_range"],
+)
+def test_builder_refuses_touched_receivers_would_drop(summary: Touched) -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(3)
+    assert builder.add_delta(1, 1, 0, b"")
+    assert builder.add_delta(1, 2, 0, b"")  # the next DELTA would be 5
+    before = bytes(builder.finish(0))
+    with pytest.raises(EncodeError, match="invalid touched summary"):
+        builder.add_touched(summary)
+    assert (builder.count, bytes(builder.finish(0))) == (2, before)
+
+
+def test_builder_touched_end_seq_counts_preceding_deltas_only() -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(10)
+    with pytest.raises(EncodeError, match="ahead of the stream"):
+        builder.add_touched(Touched(10, 11, ((1, 1),)))
+    assert builder.add_delta(1, 1, 0, b"")
+    assert builder.add_touched(Touched(10, 11, ((1, 1),)))
+
+
+@pytest.mark.parametrize("summary", [Touched(-1, 1, ()), Touched(0, 1, ((2**32, 1),)),
+                                     Touched(0, 1, ((1, 2**64),))],
+                         ids=["negative_first_seq", "leaf_id_2_32", "leaf_seq_2_64"])
+def test_builder_and_construct_reject_unrepresentable_touched(summary: Touched) -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(1)
+    with pytest.raises(EncodeError):
+        builder.add_touched(summary)
+    assert builder.count == 0
+    with pytest.raises(EncodeError):
+        codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 1, 0, [summary]))
+
+
+def test_builder_touched_fits_exactly_and_reports_full() -> None:
+    per_datagram = ((1400 - codec.HEADER_SIZE - codec.TOUCHED_OVERHEAD)
+                    // codec.TOUCHED_ENTRY_SIZE)
+    assert per_datagram == 112  # the publisher's flush threshold for 1400-byte datagrams
+    entries = tuple((i, 1) for i in range(per_datagram))
+    builder = DatagramBuilder(1, SESSION, 1400)
+    builder.start(1)
+    assert builder.add_touched(Touched(1, 1, entries))
+    assert builder.room == 1400 - codec.HEADER_SIZE - codec.TOUCHED_OVERHEAD - 112 * 12 == 0
+    assert not builder.add_touched(Touched(1, 1, ()))
+    assert not builder.add_end_of_session()
+    raw = bytes(builder.finish(0))
+    assert len(raw) == 1400
+    assert codec.decode(raw).messages[0] == Touched(1, 1, entries)
+    # One more entry cannot fit even an empty datagram.
+    builder.start(1)
+    with pytest.raises(EncodeError, match="cannot fit"):
+        builder.add_touched(Touched(1, 1, tuple((i, 1) for i in range(per_datagram + 1))))
+    # Behind a delta, the full summary no longer fits: False, nothing written.
+    assert builder.add_delta(1, 1, 0, b"")
+    before = bytes(builder.finish(0))
+    assert not builder.add_touched(Touched(1, 2, entries))
+    assert (builder.count, bytes(builder.finish(0))) == (1, before)

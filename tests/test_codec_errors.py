@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
 
 from grapevine import codec, wire  # noqa: E402
 from grapevine._errors import DecodeError  # noqa: E402
-from grapevine.codec import Decoded, Delta, Heartbeat, Snapshot  # noqa: E402
+from grapevine.codec import Decoded, Delta, Heartbeat, Snapshot, Touched  # noqa: E402
 
 H = codec.HEADER_SIZE
 SESSION = 0xABCD
@@ -56,6 +56,12 @@ def snapshot_body(*, leaf_id: int = 10, range_start: int = 5, cycle_id: int = 1,
                        as_of_seq, total, fragment_offset) + data
 
 
+def touched_body(first_seq: int = 90, end_seq: int = 100,
+                 entries: tuple[tuple[int, int], ...] = ((3, 1), (8, 2))) -> bytes:
+    return struct.pack("<QQ", first_seq, end_seq) + b"".join(
+        struct.pack("<IQ", leaf_id, leaf_seq) for leaf_id, leaf_seq in entries)
+
+
 def outcome(decoder: Any, data: bytes) -> Any:
     """('ok', value) or ('error',): any other exception propagates and fails the test."""
     try:
@@ -68,13 +74,17 @@ def check_agreement(data: bytes) -> None:
     assert outcome(codec.decode, data) == outcome(codec.decode_with_construct, data)
 
 
-def reject(data: bytes, field: str, offset: int, reason: str = "") -> DecodeError:
+def reject(data: bytes, field: str, offset: int, reason: str = "", *,
+           same_on_construct: bool = False) -> DecodeError:
     with pytest.raises(DecodeError) as fast:
         codec.decode(data)
     assert (fast.value.field, fast.value.offset) == (field, offset), fast.value
     assert reason in fast.value.reason
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError) as slow:
         codec.decode_with_construct(data)
+    if same_on_construct:  # a semantic check both paths make after parsing
+        assert (slow.value.field, slow.value.offset) == (field, offset), slow.value
+        assert reason in slow.value.reason
     return fast.value
 
 
@@ -266,7 +276,95 @@ def test_snapshot_deleted_with_total_length() -> None:
            "messages[0].total_length", S + 36, "total_length 0")
 
 
+# --------------------------------------------------------------------------- TOUCHED rules
+
+T = H + 4  # TOUCHED body offset when it is the first message
+
+
+def test_touched_shorter_than_16_bytes() -> None:
+    # The construct path fails inside its parse (a "(parsing) ..." field), as for a short DELTA.
+    error = reject(header(1) + message(5, touched_body(entries=())[:15]),
+                   "messages[0].length", H + 2, "16 plus a multiple of 12")
+    assert "length 15" in error.reason
+
+
+def test_touched_entries_not_a_multiple_of_12() -> None:
+    reject(header(1) + message(5, touched_body(entries=()) + bytes(11)),
+           "messages[0].length", H + 2, "16 plus a multiple of 12", same_on_construct=True)
+
+
+@pytest.mark.parametrize("extra", [1, 12 + 5, 24 + 11])
+def test_touched_partial_entry(extra: int) -> None:
+    reject(header(1) + message(5, touched_body(entries=()) + bytes(extra)),
+           "messages[0].length", H + 2, "multiple of 12", same_on_construct=True)
+
+
+def test_touched_descending_leaf_ids() -> None:
+    reject(header(1) + message(5, touched_body(entries=((8, 1), (3, 1)))),
+           "messages[0].entries", T + 16 + 12, "ascending", same_on_construct=True)
+
+
+def test_touched_duplicate_leaf_id() -> None:
+    reject(header(1) + message(5, touched_body(entries=((3, 1), (3, 2)))),
+           "messages[0].entries", T + 16 + 12, "ascending", same_on_construct=True)
+
+
+def test_touched_leaf_seq_zero() -> None:
+    reject(header(1) + message(5, touched_body(entries=((3, 1), (8, 0), (9, 1)))),
+           "messages[0].entries", T + 16 + 12, "leaf_seq 0", same_on_construct=True)
+
+
+def test_touched_end_before_first() -> None:
+    reject(header(1) + message(5, touched_body(first_seq=50, end_seq=49)),
+           "messages[0].end_seq", T + 8, "reversed", same_on_construct=True)
+
+
+def test_touched_end_ahead_of_the_stream() -> None:
+    reject(header(1, sequence=100) + message(5, touched_body(end_seq=101)),
+           "messages[0].end_seq", T + 8, "ahead of the stream (100)", same_on_construct=True)
+
+
+def test_touched_end_seq_counts_preceding_deltas() -> None:
+    deltas = message(1, delta_body()) + message(1, delta_body(leaf_seq=2))
+    ok = header(3, sequence=100) + deltas + message(5, touched_body(end_seq=102))
+    assert accept(ok).messages[2] == Touched(90, 102, ((3, 1), (8, 2)))
+    bad = header(3, sequence=100) + deltas + message(5, touched_body(end_seq=103))
+    reject(bad, "messages[2].end_seq", H + 32 + 4 + 8, "ahead of the stream (102)",
+           same_on_construct=True)
+
+
+def test_touched_end_seq_does_not_count_following_deltas() -> None:
+    data = header(2, sequence=100) + message(5, touched_body(end_seq=101)) + message(
+        1, delta_body())
+    reject(data, "messages[0].end_seq", T + 8, "ahead of the stream", same_on_construct=True)
+
+
+def test_touched_edge_values_are_valid() -> None:
+    empty = accept(header(1, sequence=7) + message(5, touched_body(7, 7, ())))
+    assert empty.messages == [Touched(7, 7, ())]
+    top = accept(header(1, sequence=2**64 - 1) + message(
+        5, touched_body(0, 2**64 - 1, ((0, 1), (2**32 - 1, 2**64 - 1)))))
+    assert top.messages == [Touched(0, 2**64 - 1, ((0, 1), (2**32 - 1, 2**64 - 1)))]
+
+
+def test_touched_reserved_flags_are_ignored() -> None:
+    assert accept(header(1) + message(5, touched_body(), flags=0xFF)).messages == [
+        Touched(90, 100, ((3, 1), (8, 2)))]
+
+
+def test_touched_consumes_no_sequence() -> None:
+    data = (header(3, sequence=7) + message(1, delta_body()) + message(5, touched_body(7, 8))
+            + message(1, delta_body(leaf_seq=2)))
+    assert [m.seq for m in accept(data).messages if isinstance(m, Delta)] == [7, 8]
+
+
 # --------------------------------------------------------------------------- forward compatibility
+
+
+@pytest.mark.parametrize("kind", [0, 6, 77, 255])
+def test_unknown_kinds_are_0_and_6_to_255(kind: int) -> None:
+    decoded = accept(header(1) + message(kind, b"future"))
+    assert decoded.messages[0].kind == kind  # type: ignore[union-attr]
 
 
 def test_unknown_kind_is_skipped_and_consumes_no_sequence() -> None:
@@ -308,6 +406,31 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 def test_fuzz_valid_header_random_body(count: int, flags: int, sequence: int,
                                        body: bytes) -> None:
     check_agreement(header(count, flags=flags, sequence=sequence) + body)
+
+
+@st.composite
+def touched_datagrams(draw: st.DrawFn) -> bytes:
+    """Datagrams around a TOUCHED with random (often invalid) numbers and entry bytes."""
+    sequence = draw(st.integers(0, 2**64 - 1))
+    deltas = draw(st.integers(0, 3))
+    first, end = draw(st.integers(0, 2**64 - 1)), draw(
+        st.sampled_from([sequence, sequence + deltas, sequence + deltas + 1])
+        | st.integers(0, 2**64 - 1))
+    end = min(end, 2**64 - 1)
+    first = draw(st.sampled_from([first, end, max(end - 1, 0)]))
+    entries = b"".join(struct.pack("<IQ", i, s) for i, s in draw(st.lists(
+        st.tuples(st.integers(0, 20), st.integers(0, 3)), max_size=5)))
+    body = struct.pack("<QQ", first, end) + entries + draw(st.binary(max_size=13))
+    body = body[: draw(st.integers(0, len(body)))] if draw(st.booleans()) else body
+    messages = [message(1, delta_body(leaf_seq=1 + i)) for i in range(deltas)]
+    messages.insert(draw(st.integers(0, deltas)), message(5, body))
+    return header(deltas + 1, sequence=sequence) + b"".join(messages)
+
+
+@FUZZ
+@given(touched_datagrams())
+def test_fuzz_touched(data: bytes) -> None:
+    check_agreement(data)
 
 
 @st.composite

@@ -75,15 +75,22 @@ def field_layout(*structs: Any) -> list[tuple[int, int, str]]:
     return out
 
 
-LAYOUTS: dict[str, tuple[list[tuple[int, int, str]], bool]] = {
-    # marker: (fixed fields from wire.py, ends with a variable-length payload row)
-    "header": (field_layout(wire.Header), False),
-    "message_header": (field_layout(wire.MessageHeader), False),
-    "delta": (field_layout(wire.MessageHeader, wire.DeltaFields), True),
-    "snapshot": (field_layout(wire.MessageHeader, wire.SnapshotFields), True),
-    "heartbeat": (field_layout(wire.MessageHeader, wire.HeartbeatFields), False),
-    "end_of_session": (field_layout(wire.MessageHeader, wire.EndOfSessionFields), False),
-    "auth": (field_layout(wire.AuthTrailer), False),
+# What follows a layout's fixed fields: nothing, a ``payload`` row (opaque bytes to the end
+# of the body) or an ``entries`` row (records of a fixed layout to the end of the body).
+PAYLOAD = ("payload", "bytes")
+ENTRIES = ("entries", f"TouchedEntry[(length \N{MINUS SIGN} {{n}}) / {wire.TouchedEntry.sizeof()}]")
+
+LAYOUTS: dict[str, tuple[list[tuple[int, int, str]], tuple[str, str] | None]] = {
+    # marker: (fixed fields from wire.py, the variable-length row that ends it, if any)
+    "header": (field_layout(wire.Header), None),
+    "message_header": (field_layout(wire.MessageHeader), None),
+    "delta": (field_layout(wire.MessageHeader, wire.DeltaFields), PAYLOAD),
+    "snapshot": (field_layout(wire.MessageHeader, wire.SnapshotFields), PAYLOAD),
+    "heartbeat": (field_layout(wire.MessageHeader, wire.HeartbeatFields), None),
+    "end_of_session": (field_layout(wire.MessageHeader, wire.EndOfSessionFields), None),
+    "touched": (field_layout(wire.MessageHeader, wire.TouchedFields), ENTRIES),
+    "touched_entry": (field_layout(wire.TouchedEntry), None),
+    "auth": (field_layout(wire.AuthTrailer), None),
 }
 
 
@@ -124,7 +131,8 @@ def test_auth_example_tag_is_the_documented_hmac() -> None:
 
 def test_every_wire_field_name_appears_in_spec() -> None:
     names = {sub.name for s in (wire.Header, wire.MessageHeader, wire.DeltaFields,
-                                wire.SnapshotFields, wire.HeartbeatFields, wire.AuthTrailer)
+                                wire.SnapshotFields, wire.HeartbeatFields, wire.TouchedFields,
+                                wire.TouchedEntry, wire.AuthTrailer)
              for sub in s.subcons}
     missing = sorted(n for n in names if f"`{n}`" not in SPEC)
     assert not missing, f"SPEC.md does not mention {missing}"
@@ -162,6 +170,8 @@ def test_constants_table_matches_wire() -> None:
         "MESSAGE_HEADER_SIZE": codec.MESSAGE_HEADER_SIZE,
         "DELTA_OVERHEAD": codec.DELTA_OVERHEAD,
         "SNAPSHOT_OVERHEAD": codec.SNAPSHOT_OVERHEAD,
+        "TOUCHED_OVERHEAD": codec.TOUCHED_OVERHEAD,
+        "TOUCHED_ENTRY_SIZE": codec.TOUCHED_ENTRY_SIZE,
         "AUTH_TRAILER_SIZE": wire.AUTH_TRAILER_SIZE,
         "DEFAULT_DATAGRAM_SIZE": wire.DEFAULT_DATAGRAM_SIZE,
         "MAX_DATAGRAM_SIZE": wire.MAX_DATAGRAM_SIZE,
@@ -177,7 +187,7 @@ def test_constants_table_matches_wire() -> None:
 
 @pytest.mark.parametrize("marker", sorted(LAYOUTS))
 def test_layout_table_matches_wire(marker: str) -> None:
-    fixed, has_payload = LAYOUTS[marker]
+    fixed, tail = LAYOUTS[marker]
     rows = table_after(f"layout: {marker}")
     stated = []
     for row in rows[: len(fixed)]:
@@ -188,12 +198,15 @@ def test_layout_table_matches_wire(marker: str) -> None:
             assert kind == f"bytes[{size}]", row
         stated.append((offset, size, name))
     assert stated == fixed
-    if has_payload:
+    if tail is not None:
         assert len(rows) == len(fixed) + 1
-        payload = rows[-1]
+        variable = rows[-1]
         end = fixed[-1][0] + fixed[-1][1]
-        assert (int(payload[0]), unquote(payload[2])) == (end, "payload")
-        assert payload[1] == f"length \N{MINUS SIGN} {end - codec.MESSAGE_HEADER_SIZE}"
+        body_fixed = end - codec.MESSAGE_HEADER_SIZE
+        name, kind = tail
+        assert (int(variable[0]), unquote(variable[2])) == (end, name)
+        assert variable[1] == f"length \N{MINUS SIGN} {body_fixed}"
+        assert variable[3] == kind.format(n=body_fixed)
     else:
         assert len(rows) == len(fixed)
 
@@ -206,6 +219,8 @@ def test_diagrams_show_every_field_at_its_offset() -> None:
         "### 6.3 SNAPSHOT": field_layout(wire.MessageHeader, wire.SnapshotFields),
         "### 6.4 HEARTBEAT": field_layout(wire.MessageHeader, wire.HeartbeatFields),
         "### 6.5 END_OF_SESSION": field_layout(wire.MessageHeader),
+        "### 6.6 TOUCHED": field_layout(wire.MessageHeader, wire.TouchedFields),
+        "Each TOUCHED entry:": field_layout(wire.TouchedEntry),
         "## 9. Authentication trailer": field_layout(wire.AuthTrailer),
     }
     for heading, layout in sections.items():
@@ -225,3 +240,27 @@ def test_validation_rules_name_every_checked_field() -> None:
             field = re.sub(r"\[\d+\]", "[i]", vector["error"]["field"])
             assert f"(`{field}`" in section or f"`{field}`)" in section or (
                 f"`{field}`," in section), field
+
+
+def test_message_kind_table_states_minimum_length_and_sequencing() -> None:
+    rows = {unquote(row[1]): row for row in table_after("enum: MessageKind")}
+    minimum = {"DELTA": codec.DELTA_OVERHEAD - codec.MESSAGE_HEADER_SIZE,
+               "SNAPSHOT": codec.SNAPSHOT_OVERHEAD - codec.MESSAGE_HEADER_SIZE,
+               "HEARTBEAT": wire.HeartbeatFields.sizeof(), "END_OF_SESSION": 0,
+               "TOUCHED": codec.TOUCHED_OVERHEAD - codec.MESSAGE_HEADER_SIZE}
+    assert {name: int(row[2]) for name, row in rows.items()} == minimum
+    assert {name for name, row in rows.items() if row[3] == "yes"} == {"DELTA"}
+    last = max(wire.MessageKind)
+    assert f"Kinds 0 and {last + 1} to 255 are unknown" in SPEC
+
+
+def test_touched_sections_are_present() -> None:
+    section_12 = SPEC.split("## 12. Receiver algorithm", 1)[1].split("## 13.", 1)[0]
+    assert "### (k) TOUCHED summaries" in section_12
+    assert "on_touched(t):" in section_12
+    for name in ("`unresolved_from`", "`chain`", "`saved`"):
+        assert f"| {name} |" in section_12
+    section_11 = SPEC.split("## 11. Publisher behaviour", 1)[1].split("## 12.", 1)[0]
+    assert "TOUCHED" in section_11
+    assert "112 for" in section_11
+    assert "TOUCHED" in SPEC.split("## 13.", 1)[1].split("## 14.", 1)[0]

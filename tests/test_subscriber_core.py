@@ -29,8 +29,10 @@ def kinds(events: list) -> list[Status]:  # type: ignore[type-arg]
 
 
 def quiet_config(**overrides: float) -> PublisherConfig:
-    """A publisher that sends snapshots only when asked (huge min cycle)."""
-    values = {"min_cycle_s": 1000.0, "heartbeat_interval_s": 1000.0}
+    """A publisher that sends snapshots only when asked (huge min cycle) and, unless
+    overridden, no TOUCHED summaries: the scripted tests below exercise the one-by-one
+    proofs; the summary tests turn them on."""
+    values = {"min_cycle_s": 1000.0, "heartbeat_interval_s": 1000.0, "touched_interval_s": 0.0}
     values.update(overrides)
     return PublisherConfig(**values)  # type: ignore[arg-type]
 
@@ -38,8 +40,11 @@ def quiet_config(**overrides: float) -> PublisherConfig:
 class Pair:
     """One publisher core and one subscriber core, datagrams passed by hand."""
 
-    def __init__(self, leaves: int = 0, **sub_config: float) -> None:
-        self.pub = PublisherCore(ChainModel(), quiet_config(), now=0.0, session_id=11)
+    def __init__(self, leaves: int = 0, touched_interval_s: float = 0.0,
+                 **sub_config: float) -> None:
+        self.pub = PublisherCore(ChainModel(),
+                                 quiet_config(touched_interval_s=touched_interval_s),
+                                 now=0.0, session_id=11)
         self.sub = SubscriberCore(ChainModel(), SubscriberConfig(**sub_config))  # type: ignore[arg-type]
         self.now = 0.0
         for leaf_id in range(leaves):
@@ -354,11 +359,14 @@ def test_malformed_and_foreign_datagrams_are_counted_never_raised() -> None:
     assert pair.sub.values() == dict(pair.pub.leaves.items())
 
 
+@pytest.mark.parametrize("summaries", [True, False], ids=["touched", "no_touched"])
 @pytest.mark.parametrize("seed", range(RANDOM_SEEDS))
-def test_random_faults_converge_and_fresh_leaves_are_never_wrong(seed: int) -> None:
+def test_random_faults_converge_and_fresh_leaves_are_never_wrong(seed: int,
+                                                                 summaries: bool) -> None:
     """Seeded loss, duplication, reordering, late joins, deletes and restarts."""
     rng = random.Random(seed)
     sim = Simulation(ChainModel(), seed=seed,
+                     publisher=PublisherConfig(touched_interval_s=0.002 if summaries else 0),
                      subscriber=SubscriberConfig(reorder_window_s=0.003))
     history = History(sim)
     faults = [LinkFaults(loss=rng.choice([0.0, 0.05, 0.1, 0.2]), duplicate=0.05,
@@ -391,6 +399,8 @@ def test_random_faults_converge_and_fresh_leaves_are_never_wrong(seed: int) -> N
         history.check_fresh_leaves(sub)
     assert checked > 1000
     assert sum(sub.core.stats.gaps for sub in subs) > 0 or all(f.loss == 0 for f in faults)
+    resolved = sum(sub.core.stats.gaps_resolved for sub in subs)
+    assert (resolved > 0) == (summaries and sum(sub.core.stats.gaps for sub in subs) > 0)
 
 
 def test_a_late_old_snapshot_cannot_install_a_leaf_hidden_by_a_gap() -> None:
@@ -409,3 +419,64 @@ def test_a_late_old_snapshot_cannot_install_a_leaf_hidden_by_a_gap() -> None:
     pair.deliver(pair.full_cycle())
     assert pair.sub.synced
     assert pair.sub.values() == dict(pair.pub.leaves.items())
+
+
+def test_touched_summaries_name_exactly_the_leaves_a_gap_touched() -> None:
+    pair = Pair(leaves=6, touched_interval_s=0.001, reorder_window_s=0.01)
+    pair.pub.publish(0, 7)  # lost, with whatever summary shared its datagram
+    pair.pub.publish(4, 7)
+    pair.sent()
+    pair.now += 0.002
+    pair.pub.publish(1, 8)
+    pair.deliver(pair.sent())  # deltas after the hole, and the summary covering it
+    pair.tick(0.02)
+    sub = pair.sub
+    assert sub.stats.gaps == 1
+    assert sub.stats.gaps_resolved == 1
+    assert sub.stale_leaves() == [0, 4]  # exactly the leaves the lost deltas changed
+    assert sub.suspect_leaves() == []  # everything else is known untouched at once
+    assert all(sub.is_fresh(leaf) for leaf in (1, 2, 3, 5))
+    assert sub.leaf_set_known  # no create or delete hid in the gap
+    pair.deliver(pair.full_cycle())
+    assert sub.synced
+    assert sub.values() == dict(pair.pub.leaves.items())
+
+
+def test_a_create_and_a_delete_lost_in_a_gap_are_named_by_the_summary() -> None:
+    pair = Pair(leaves=3, touched_interval_s=0.001, reorder_window_s=0.01)
+    pair.pub.publish(10, 1)  # creates leaf 10
+    pair.pub.delete(2)
+    pair.sent()  # both lost
+    pair.now += 0.002
+    pair.pub.publish(0, 5)
+    pair.deliver(pair.sent())
+    pair.tick(0.02)
+    sub = pair.sub
+    assert sub.stats.gaps_resolved == 1
+    assert sub.stale_leaves() == [2, 10]  # 10 is known to exist, 2 to have changed
+    assert 10 not in sub.values()
+    assert not sub.synced
+    pair.deliver(pair.full_cycle())
+    assert sub.values() == dict(pair.pub.leaves.items())
+    assert sub.synced
+
+
+def test_without_a_covering_summary_leaves_are_proven_one_by_one() -> None:
+    pair = Pair(leaves=4, touched_interval_s=0.001, reorder_window_s=0.01)
+    pair.pub.publish(0, 1)
+    pair.now += 0.002
+    pair.sent()  # lost, with the summary of its window
+    pair.pub.publish(3, 1)
+    pair.now += 0.002
+    pair.sent()  # lost too, with the next summary: the chain cannot cover the gap
+    pair.pub.publish(1, 2)
+    pair.now += 0.002
+    pair.deliver(pair.sent())
+    pair.tick(0.02)
+    sub = pair.sub
+    assert sub.stats.gaps == 1
+    assert sub.stats.gaps_resolved == 0
+    assert sub.suspect_leaves() == [0, 2, 3]
+    pair.deliver(pair.full_cycle())
+    assert sub.synced
+    assert sub.values() == dict(pair.pub.leaves.items())

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
 
 from grapevine import codec, wire  # noqa: E402
 from grapevine._errors import DecodeError  # noqa: E402
-from grapevine.codec import Delta, EndOfSession, Heartbeat, Snapshot  # noqa: E402
+from grapevine.codec import Delta, EndOfSession, Heartbeat, Snapshot, Touched  # noqa: E402
 
 VECTOR_DIR = ROOT / "protocol" / "vectors"
 VECTOR_FILES = sorted(VECTOR_DIR.glob("*.json"))
@@ -56,6 +56,10 @@ def message_json(msg: codec.Message) -> dict[str, Any]:
         return {"kind": 3, "kind_name": "HEARTBEAT", "flags": 0, "interval_ms": msg.interval_ms}
     if isinstance(msg, EndOfSession):
         return {"kind": 4, "kind_name": "END_OF_SESSION", "flags": 0}
+    if isinstance(msg, Touched):
+        return {"kind": 5, "kind_name": "TOUCHED", "flags": 0, "first_seq": msg.first_seq,
+                "end_seq": msg.end_seq,
+                "entries": [{"leaf_id": i, "leaf_seq": s} for i, s in msg.entries]}
     return {"kind": msg.kind, "kind_name": "UNKNOWN", "flags": msg.flags,
             "body": bytes(msg.body).hex()}
 
@@ -174,7 +178,8 @@ def test_every_semantic_check_has_a_vector() -> None:
     fields = {v["error"]["field"].split(".")[-1] for v in INVALID}
     assert {"magic", "version", "session_id", "auth", "length", "flags", "payload",
             "leaf_seq", "range_start", "cycle_count", "cycle_position", "as_of_seq",
-            "fragment_offset", "total_length", "messages", "header"} <= fields
+            "fragment_offset", "total_length", "messages", "header", "end_seq",
+            "entries"} <= fields
 
 
 def test_vectors_on_disk_are_up_to_date() -> None:
@@ -203,7 +208,10 @@ def test_required_vectors_exist() -> None:
         "message_count_too_low", "trailing_bytes", "delta_too_short",
         "snapshot_fragment_overrun", "snapshot_as_of_seq_ahead",
         "snapshot_position_not_below_count", "delta_create_and_delete",
-        "delta_delete_with_payload", "delta_leaf_seq_zero",
+        "delta_delete_with_payload", "delta_leaf_seq_zero", "touched", "touched_empty",
+        "touched_only", "touched_too_short", "touched_partial_entry", "touched_ids_descending",
+        "touched_duplicate_id", "touched_leaf_seq_zero", "touched_range_reversed",
+        "touched_end_seq_ahead",
     }
     assert required <= names, required - names
     by_name = {v["name"]: v for v in VECTORS}
@@ -228,3 +236,32 @@ def test_fragments_reassemble() -> None:
     assert covered == len(whole) == 3000
     for i in (1, 2, 3):
         assert by_name[f"snapshot_fragment_{i}_of_3"]["size"] <= wire.DEFAULT_DATAGRAM_SIZE
+
+
+def test_unknown_kind_vector_uses_a_kind_that_is_still_unknown() -> None:
+    by_name = {v["name"]: v for v in VECTORS}
+    kinds = [m["kind"] for m in by_name["unknown_kind"]["fields"]["messages"]
+             if m["kind_name"] == "UNKNOWN"]
+    assert kinds == [200]
+    assert all(k not in {int(m) for m in wire.MessageKind} for k in kinds)
+
+
+def test_touched_vectors() -> None:
+    by_name = {v["name"]: v for v in VECTORS}
+    summary = codec.decode(bytes.fromhex(by_name["touched"]["hex"]))
+    deltas = [m for m in summary.messages if isinstance(m, Delta)]
+    last = summary.messages[-1]
+    assert isinstance(last, Touched)
+    # It sits behind the last DELTA it covers: end_seq is the next DELTA's sequence, and
+    # every leaf those DELTAs changed is listed with its leaf_seq after them.
+    assert last.end_seq == deltas[-1].seq + 1
+    assert last.first_seq <= deltas[0].seq
+    listed = dict(last.entries)
+    assert all(listed[d.leaf_id] >= d.leaf_seq for d in deltas)
+    assert {d.leaf_id: d.leaf_seq for d in deltas}.items() <= listed.items()
+    empty = codec.decode(bytes.fromhex(by_name["touched_empty"]["hex"])).messages
+    assert empty == [Touched(empty[0].first_seq, empty[0].first_seq, ())]  # type: ignore[union-attr]
+    only = codec.decode(bytes.fromhex(by_name["touched_only"]["hex"]))
+    assert len(only.messages) == 1
+    assert isinstance(only.messages[0], Touched)
+    assert only.messages[0].end_seq == only.sequence

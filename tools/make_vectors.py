@@ -40,6 +40,7 @@ from grapevine.codec import (  # noqa: E402
     EndOfSession,
     Heartbeat,
     Snapshot,
+    Touched,
     UnknownMessage,
 )
 from grapevine.wire import DeltaFlag, HeaderFlag, MessageKind, SnapshotFlag  # noqa: E402
@@ -120,6 +121,12 @@ def message_fields(msg: codec.Message) -> dict[str, Any]:
     if isinstance(msg, EndOfSession):
         return {"kind": int(MessageKind.END_OF_SESSION), "kind_name": "END_OF_SESSION",
                 "flags": 0, "length": 0}
+    if isinstance(msg, Touched):
+        return {"kind": int(MessageKind.TOUCHED), "kind_name": "TOUCHED", "flags": 0,
+                "length": 16 + 12 * len(msg.entries), "first_seq": msg.first_seq,
+                "end_seq": msg.end_seq,
+                "entries": [{"leaf_id": leaf_id, "leaf_seq": leaf_seq}
+                            for leaf_id, leaf_seq in msg.entries]}
     return {"kind": msg.kind, "kind_name": "UNKNOWN", "flags": msg.flags,
             "length": len(msg.body), "body": bytes(msg.body).hex()}
 
@@ -341,6 +348,25 @@ def build() -> list[dict[str, Any]]:
             datagram([delta(6, 1, payload(40, 5), create)], 9200, flags=int(HeaderFlag.AUTH),
                      auth=AuthTag(1, tag)))
 
+    # ---------------------------------------------------------------- TOUCHED summaries
+    v.valid(
+        "touched", "Three DELTAs (sequences 10000..10002: leaf 3 twice, leaf 8 created) and "
+        "behind them the TOUCHED summary of the window [9998, 10003): the DELTAs 9998 and "
+        "9999 of the previous datagram changed leaves 1 and 3; the five DELTAs changed "
+        "exactly leaves 1, 3 and 8, whose leaf_seq after them is 7, 6 and 1. end_seq 10003 "
+        "is the sequence the next DELTA will get.",
+        datagram([delta(3, 5, payload(50, 4)), delta(8, 1, payload(51, 4), create),
+                  delta(3, 6, payload(52, 4)),
+                  Touched(9998, 10003, ((1, 7), (3, 6), (8, 1)))], 10000))
+    v.valid("touched_empty", "A TOUCHED with no entries and first_seq == end_seq (10003): "
+            "an empty window, valid on the wire (the reference publisher does not send "
+            "windows without DELTAs).",
+            datagram([Touched(10003, 10003, ())], 10003))
+    v.valid("touched_only", "A datagram without DELTAs holding one TOUCHED: the window "
+            "[10003, 10010) changed leaves 2, 3 and 4000000000; end_seq equals the header "
+            "sequence (the next DELTA will be 10010).",
+            datagram([Touched(10003, 10010, ((2, 1), (3, 9), (4_000_000_000, 12)))], 10010))
+
     # ---------------------------------------------------------------- invalid: truncation
     header_boundaries = [(0, "magic")]
     offset = 0
@@ -469,6 +495,48 @@ def build() -> list[dict[str, Any]]:
     v.invalid("snapshot_deleted_with_length", "A DELETED snapshot with total_length 10.",
               one_snap(flags=deleted), field="messages[0].total_length", offset=body + 36,
               reason="total_length 0")
+
+    # ---------------------------------------------------------------- invalid: TOUCHED rules
+    tbody = codec.HEADER_SIZE + codec.MESSAGE_HEADER_SIZE  # a lone TOUCHED's body
+
+    def lone_touched(first_seq: int, end_seq: int, entries: tuple[tuple[int, int], ...],
+                     sequence: int = 10010) -> bytes:
+        return codec.encode_with_construct(
+            datagram([Touched(first_seq, end_seq, entries)], sequence))
+
+    v.invalid("touched_too_short", "A TOUCHED message of length 15 (the minimum is 16).",
+              _with_messages(one_delta, 1, _raw_message(5, 0, bytes(15))),
+              field="messages[0].length", offset=codec.HEADER_SIZE + 2,
+              reason="has length 15: it must be 16 plus a multiple of 12")
+    v.invalid("touched_partial_entry", "A TOUCHED of length 27 = 16 + 11: the entries are "
+              "not a whole number of 12-byte records.",
+              _with_messages(one_delta, 1, _raw_message(
+                  5, 0, struct.pack("<QQ", 999, 1000) + payload(53, 11))),
+              field="messages[0].length", offset=codec.HEADER_SIZE + 2,
+              reason="has length 27: it must be 16 plus a multiple of 12")
+    v.invalid("touched_ids_descending", "TOUCHED entries for leaves 5 then 4: leaf ids must "
+              "be strictly ascending.", lone_touched(10003, 10010, ((5, 1), (4, 1))),
+              field="messages[0].entries", offset=tbody + 16 + 12,
+              reason="breaks ascending leaf ids")
+    v.invalid("touched_duplicate_id", "Two TOUCHED entries for leaf 5.",
+              lone_touched(10003, 10010, ((5, 1), (5, 2))),
+              field="messages[0].entries", offset=tbody + 16 + 12,
+              reason="breaks ascending leaf ids")
+    v.invalid("touched_leaf_seq_zero", "A TOUCHED entry with leaf_seq 0 (a listed leaf was "
+              "changed, so its leaf_seq is at least 1).",
+              lone_touched(10003, 10010, ((2, 1), (3, 0))),
+              field="messages[0].entries", offset=tbody + 16 + 12, reason="has leaf_seq 0")
+    v.invalid("touched_range_reversed", "A TOUCHED with first_seq 10005 above end_seq 10004.",
+              lone_touched(10005, 10004, ((2, 1),)),
+              field="messages[0].end_seq", offset=tbody + 8, reason="is reversed")
+    v.invalid("touched_end_seq_ahead", "A TOUCHED whose end_seq 10004 is ahead of the "
+              "stream: after two DELTAs from sequence 10001, the next DELTA is 10003.",
+              codec.encode_with_construct(datagram(
+                  [delta(2, 1, b"", create), delta(3, 9, payload(54, 2)),
+                   Touched(10001, 10004, ((2, 1), (3, 9)))], 10001)),
+              field="messages[2].end_seq",
+              offset=codec.HEADER_SIZE + 2 * codec.DELTA_OVERHEAD + 2 + codec.MESSAGE_HEADER_SIZE
+              + 8, reason="ahead of the stream (10003)")
     return v.items
 
 
