@@ -21,8 +21,10 @@ The algorithm is the one in protocol/SPEC.md, "Receiver algorithm":
   summaries cover every unresolved gap, exactly the listed leaves that missed changes go
   stale and every other suspect is cleared at once (step (k) of the SPEC).
 
-Suspects are tracked in O(1) per gap: a leaf is suspect when ``checked < gap_count``,
-unless every gap so far has been resolved by summaries (``resolved_gaps == gap_count``).
+Suspects cost O(1) per gap: each leaf records ``checked``, the number of gaps it has been
+verified against, and a leaf is suspect while ``checked`` is at or below the index of the
+newest gap no summary has resolved (``max_unresolved``). A histogram of ``checked`` keeps
+the count of suspects exact when summaries resolve gaps.
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     @property
     def unverified(self) -> int:
         """Leaves that are stale or suspect (not fresh). O(1)."""
-        return self._unverified
+        return self._stale_count + self._suspects
 
     def is_fresh(self, leaf_id: int) -> bool:
         """True if the leaf is installed, not stale and verified against every gap."""
@@ -347,8 +349,28 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def progress(self) -> tuple[int, int]:
         """(leaves installed and fresh, leaves the publisher has) for a sync progress bar."""
-        fresh = len(self.leaves) - self._unverified
+        fresh = len(self.leaves) - self.unverified
         return fresh, max(self._publisher_leaf_count, fresh)
+
+    def _check(self) -> None:
+        """Assert the bookkeeping invariants (tests call this after every datagram)."""
+        stale = [rec for rec in self.leaves.values() if rec.stale]
+        assert self._stale_count == len(stale), (self._stale_count, len(stale))
+        counts: dict[int, int] = {}
+        for rec in self.leaves.values():
+            if not rec.stale:
+                counts[rec.checked] = counts.get(rec.checked, 0) + 1
+            assert rec.checked <= self._gap_count
+            assert (rec.buffer is not None) == rec.stale
+            assert rec.value is not _ABSENT or rec.stale
+        assert counts == self._checked_counts, (counts, self._checked_counts)
+        suspects = sum(n for checked, n in counts.items() if checked <= self._max_unresolved)
+        assert self._suspects == suspects, (self._suspects, suspects)
+        assert self._max_unresolved == max(self._unresolved, default=-1)
+        assert all(index < self._gap_count for index in self._unresolved)
+        if self.synced:
+            assert self._leaf_set_known
+            assert self.unverified == 0
 
     # ------------------------------------------------------------------ sessions
 
@@ -360,16 +382,20 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._hole_since = 0.0
         self._gap_count = 0
         self._last_gap_end = 0
-        self._resolved_gaps = 0  # == _gap_count: every gap so far resolved by summaries
-        self._unresolved_from: int | None = None  # start of the oldest unresolved gap
+        # Gaps no summary has resolved: index -> (first_seq, end_seq).
+        self._unresolved: dict[int, tuple[int, int]] = {}
+        self._max_unresolved = -1
+        # Leaf-set coverage set aside at the first unresolved gap, restored if summaries
+        # resolve every gap since (None once a gap is given up on).
         self._saved_coverage: tuple[_Coverage, int, bool] | None = None
         self._chain: dict[int, int] = {}
         self._chain_from = self._chain_to = -1
+        self._checked_counts: dict[int, int] = {}  # non-stale leaves by `checked`
+        self._suspects = 0
         self._stale_count = 0
         self._coverage = _Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
-        self._unverified = 0
         self._deleted: dict[int, int] = {}
         self._reassembly: dict[int, _Reassembly] = {}
         self._publisher_leaf_count = 0
@@ -414,6 +440,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         first = self.expected
         assert first is not None
         end = self._pending[0][0]
+        index = self._gap_count
         self._gap_count += 1
         self._last_gap_end = end
         self.expected = end
@@ -421,10 +448,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.stats.missed_deltas += end - first
         # Every leaf may have been touched; the leaf set may have changed. What the receiver
         # knew of the leaf set is set aside: a summary covering the gaps can restore it.
-        self._unverified = len(self.leaves)
-        if self._unresolved_from is None:
-            self._unresolved_from = first
+        if not self._unresolved:
             self._saved_coverage = (self._coverage, self._coverage_from, self._leaf_set_known)
+        self._unresolved[index] = (first, end)
+        self._max_unresolved = index
+        self._suspects = len(self.leaves) - self._stale_count
         self._coverage = _Coverage()
         self._coverage_from = end
         self._leaf_set_known = False
@@ -503,6 +531,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if rec is None:
                 rec = _Leaf(value, delta.leaf_seq, self._gap_count, delta.seq)
                 self.leaves[leaf_id] = rec
+                self._track(rec)
             else:
                 self._mark_verified(rec)
                 rec.value = value
@@ -512,10 +541,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         if rec is None:
             # A change to a leaf we do not hold: it waits for a snapshot.
-            rec = _Leaf(_ABSENT, 0, self._gap_count, delta.seq)
-            self.leaves[leaf_id] = rec
-            self._unverified += 1
-            self._make_stale(rec, leaf_id, delta, announce=False)
+            rec = self._new_unknown_leaf(leaf_id, required=delta.seq, seen_seq=delta.seq)
+            self._buffer(rec, delta)
             return
         if rec.stale:
             self._buffer(rec, delta)
@@ -523,7 +550,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if delta.leaf_seq == rec.leaf_seq + 1:
             # The next change of a suspect leaf proves it untouched by the gaps (or a
             # reserved flag bit we ignore): apply it as a normal change.
-            if self._is_unverified(rec):
+            if self._is_suspect(rec):
                 self.stats.suspects_proven += 1
             self._mark_verified(rec)
             change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
@@ -532,20 +559,52 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             rec.seen_seq = delta.seq
             self.updates.append((leaf_id, CHANGED, rec.value, change))
             return
-        # leaf_seq jumped: this leaf missed changes.
-        if not self._is_unverified(rec):
-            self._unverified += 1
-        self._make_stale(rec, leaf_id, delta, announce=True)
-
-    def _make_stale(self, rec: _Leaf, leaf_id: int, delta: Delta, *, announce: bool) -> None:
-        self._stale_count += 1
-        rec.stale = True
-        rec.required = delta.seq  # a repair must reflect everything before this delta
-        rec.buffer = []
+        # leaf_seq jumped: this leaf missed changes. A repair must reflect everything
+        # before this delta.
+        self._make_stale(rec, leaf_id, required=delta.seq, now=self.last_heard)
         self._buffer(rec, delta)
-        if announce:
-            self.stats.leaves_made_stale += 1
-            self._event(Status.LEAF_STALE, self.last_heard, leaf_id=leaf_id)
+
+    # ------------------------------------------------------------------ verification
+    # Every non-stale leaf is counted in _checked_counts under its `checked`; a leaf is
+    # suspect while checked <= _max_unresolved. These helpers keep the counts exact.
+
+    def _is_suspect(self, rec: _Leaf) -> bool:
+        return not rec.stale and rec.checked <= self._max_unresolved
+
+    def _is_unverified(self, rec: _Leaf) -> bool:
+        return rec.stale or rec.checked <= self._max_unresolved
+
+    def _track(self, rec: _Leaf) -> None:
+        counts = self._checked_counts
+        counts[rec.checked] = counts.get(rec.checked, 0) + 1
+        if rec.checked <= self._max_unresolved:
+            self._suspects += 1
+
+    def _untrack(self, rec: _Leaf) -> None:
+        counts = self._checked_counts
+        left = counts[rec.checked] - 1
+        if left:
+            counts[rec.checked] = left
+        else:
+            del counts[rec.checked]
+        if rec.checked <= self._max_unresolved:
+            self._suspects -= 1
+
+    def _new_unknown_leaf(self, leaf_id: int, *, required: int, seen_seq: int) -> _Leaf:
+        """A leaf known to exist whose value waits for a snapshot (stale, not shown)."""
+        rec = _Leaf(_ABSENT, 0, self._gap_count, seen_seq)
+        rec.stale, rec.required, rec.buffer = True, required, []
+        self.leaves[leaf_id] = rec
+        self._stale_count += 1
+        return rec
+
+    def _make_stale(self, rec: _Leaf, leaf_id: int, *, required: int, now: float) -> None:
+        """A held, non-stale leaf missed changes: announce it and wait for a repair."""
+        self._untrack(rec)
+        self._stale_count += 1
+        rec.stale, rec.required, rec.buffer = True, required, []
+        self.stats.leaves_made_stale += 1
+        self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
 
     def _buffer(self, rec: _Leaf, delta: Delta) -> None:
         buffer = rec.buffer
@@ -559,25 +618,21 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         buffer.append((delta.leaf_seq, delta.seq, delta.flags, bytes(delta.payload)))
 
-    def _is_unverified(self, rec: _Leaf) -> bool:
-        """Stale, or suspect: not checked against every gap that summaries left open."""
-        gaps = self._gap_count
-        return rec.stale or (rec.checked != gaps and self._resolved_gaps != gaps)
-
     def _mark_verified(self, rec: _Leaf) -> None:
-        if self._is_unverified(rec):
-            self._unverified -= 1
         if rec.stale:
             self._stale_count -= 1
-        rec.stale = False
-        rec.buffer = None
+            rec.stale = False
+            rec.buffer = None
+        else:
+            self._untrack(rec)
         rec.checked = self._gap_count
+        self._track(rec)
 
     def _remove(self, leaf_id: int, rec: _Leaf) -> None:
-        if self._is_unverified(rec):
-            self._unverified -= 1
         if rec.stale:
             self._stale_count -= 1
+        else:
+            self._untrack(rec)
         del self.leaves[leaf_id]
         self._deleted[leaf_id] = max(self._deleted.get(leaf_id, 0), rec.leaf_seq)
         if rec.value is not _ABSENT:
@@ -586,28 +641,27 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     # ------------------------------------------------------------------ summaries
 
     def _on_touched(self, touched: Touched, now: float) -> None:
-        """Extend the chain of consecutive summaries; resolve gaps once it covers them."""
+        """Extend the chain of consecutive summaries; resolve the gaps it covers."""
         self.stats.touched_summaries += 1
         if self._chain_from <= touched.first_seq and touched.end_seq <= self._chain_to:
             return  # a duplicate (or a window already in the chain)
-        if touched.first_seq == self._chain_to and len(self._chain) < _MAX_CHAIN:
+        if (touched.first_seq == self._chain_to and self._unresolved
+                and len(self._chain) < _MAX_CHAIN):
             self._chain.update(touched.entries)
             self._chain_to = touched.end_seq
         else:
+            # A new chain; with no gap to resolve, the latest window is all it needs.
             self._chain = dict(touched.entries)
             self._chain_from, self._chain_to = touched.first_seq, touched.end_seq
-        unresolved_from = self._unresolved_from
-        if unresolved_from is None:
-            # Nothing to resolve: remember only this window, the start of a future chain.
-            if self._chain_from != touched.first_seq:
-                self._chain = dict(touched.entries)
-                self._chain_from = touched.first_seq
-        elif self._chain_from <= unresolved_from and self._chain_to >= self._last_gap_end:
-            self._resolve(now)
+        if self._unresolved:
+            covered = [index for index, (first, end) in self._unresolved.items()
+                       if first >= self._chain_from and end <= self._chain_to]
+            if covered:
+                self._resolve(covered, now)
 
-    def _resolve(self, now: float) -> None:
-        """The chain names every leaf the unresolved gaps may have touched: act on exactly
-        those, and clear every other suspect at once."""
+    def _resolve(self, covered: list[int], now: float) -> None:
+        """The chain names every leaf the covered gaps may have touched: act on exactly
+        those; every other leaf is thereby proven untouched by them, at once."""
         end = self._chain_to
         leaves = self.leaves
         for leaf_id, listed in self._chain.items():
@@ -615,33 +669,48 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if rec is None:
                 if listed > self._deleted.get(leaf_id, 0):
                     # Created (or changed) in a gap and never seen: wait for its snapshot.
-                    rec = _Leaf(_ABSENT, 0, self._gap_count, end - 1)
-                    leaves[leaf_id] = rec
-                    self._unverified += 1
-                    self._stale_count += 1
-                    rec.stale, rec.required, rec.buffer = True, end, []
-                continue
-            if rec.stale:
-                rec.required = max(rec.required, end)  # its repair must include the gaps
-            elif rec.leaf_seq < listed:
-                if not self._is_unverified(rec):
-                    self._unverified += 1
-                self._stale_count += 1
-                rec.stale, rec.required, rec.buffer = True, end, []
-                self.stats.leaves_made_stale += 1
-                self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
-        # Every other leaf was untouched by the gaps (or is current, leaf_seq >= listed).
-        self._resolved_gaps = self._gap_count
-        self._unverified = self._stale_count
-        self._unresolved_from = None
-        self.stats.gaps_resolved += 1
-        if self._saved_coverage is not None:
+                    self._new_unknown_leaf(leaf_id, required=end, seen_seq=end - 1)
+            elif rec.stale:
+                rec.required = max(rec.required, end)  # its repair must cover the gaps
+            elif rec.leaf_seq >= listed:
+                # It holds the publisher's change `listed`: current as of `end`.
+                if rec.checked != self._gap_count:
+                    self._mark_verified(rec)
+            else:
+                self._make_stale(rec, leaf_id, required=end, now=now)
+        for index in covered:
+            del self._unresolved[index]
+        self.stats.gaps_resolved += len(covered)
+        self._set_max_unresolved(max(self._unresolved, default=-1))
+        if not self._unresolved and self._saved_coverage is not None:
+            # Every gap since the coverage was set aside is resolved, and the CREATEs they
+            # hid are now unknown stale leaves: what was known of the leaf set holds again.
             coverage, coverage_from, known = self._saved_coverage
             for lo, hi in self._coverage.ranges.items():
                 coverage.add(lo, hi)
             self._coverage, self._coverage_from = coverage, coverage_from
             self._leaf_set_known = known or coverage.complete
             self._saved_coverage = None
+
+    def _set_max_unresolved(self, value: int) -> None:
+        if value != self._max_unresolved:
+            self._max_unresolved = value
+            self._suspects = sum(count for checked, count in self._checked_counts.items()
+                                 if checked <= value)
+
+    def _forget_irrelevant_gaps(self) -> None:
+        """Drop unresolved gaps no leaf is suspect for any more (all proven one by one).
+
+        The CREATEs such a gap may have hidden stay unknown, so the coverage set aside
+        for a summary to restore is dropped as well.
+        """
+        lowest = min(self._checked_counts, default=self._gap_count)
+        stale = [index for index in self._unresolved if index < lowest]
+        if stale:
+            for index in stale:
+                del self._unresolved[index]
+            self._saved_coverage = None
+            self._set_max_unresolved(max(self._unresolved, default=-1))
 
     # ------------------------------------------------------------------ snapshots
 
@@ -680,7 +749,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if as_of < max(self.base, self._last_gap_end):
                 return  # changes after as_of may have been lost: not provably current
             value = self.model.decode_leaf(memoryview(payload))
-            self.leaves[leaf_id] = _Leaf(value, snap.leaf_seq, gaps, as_of - 1)
+            rec = self.leaves[leaf_id] = _Leaf(value, snap.leaf_seq, gaps, as_of - 1)
+            self._track(rec)
             self._deleted.pop(leaf_id, None)
             self.stats.snapshots_used += 1
             self.stats.installs += 1
@@ -702,8 +772,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         # A stale leaf: repair it if this snapshot reflects all it missed and chains with
         # the deltas it buffered since.
-        if as_of < rec.required or (rec.checked != gaps and self._resolved_gaps != gaps
-                                    and as_of < self._last_gap_end):
+        if as_of < rec.required or (rec.checked != gaps and as_of < self._last_gap_end):
             return
         buffer = rec.buffer or []
         chain = [item for item in buffer if item[0] > snap.leaf_seq]
@@ -772,11 +841,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
 
     def _update_synced(self, now: float) -> None:
-        if self._unresolved_from is not None and self._unverified == self._stale_count:
-            # Every leaf was proven (or found stale) one by one: nothing left to resolve.
-            self._unresolved_from = None
-            self._saved_coverage = None
-        synced = (self._leaf_set_known and self._unverified == 0 and not self.silent
+        if self._unresolved:
+            self._forget_irrelevant_gaps()
+        synced = (self._leaf_set_known and self.unverified == 0 and not self.silent
                   and not self.ended and self.session_id is not None)
         if synced != self.synced:
             self.synced = synced

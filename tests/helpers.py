@@ -179,6 +179,7 @@ class Simulation:
             _, _, index, datagram = heapq.heappop(self._in_flight)
             sub = self.subscribers[index]
             sub.core.receive(datagram, self.now)
+            sub.core._check()
             self._collect(sub)
 
     def _collect(self, sub: SimSubscriber) -> None:

@@ -59,6 +59,7 @@ class Pair:
         for datagram in datagrams:
             self.now += dt
             self.sub.receive(datagram, self.now)
+            self.sub._check()
 
     def tick(self, dt: float) -> None:
         self.now += dt
