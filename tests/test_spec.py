@@ -258,7 +258,7 @@ def test_touched_sections_are_present() -> None:
     section_12 = SPEC.split("## 12. Receiver algorithm", 1)[1].split("## 13.", 1)[0]
     assert "### (k) TOUCHED summaries" in section_12
     assert "on_touched(t):" in section_12
-    for name in ("`unresolved_from`", "`chain`", "`saved`"):
+    for name in ("`unresolved`", "`chain`", "`saved`"):
         assert f"| {name} |" in section_12
     section_11 = SPEC.split("## 11. Publisher behaviour", 1)[1].split("## 12.", 1)[0]
     assert "TOUCHED" in section_11
