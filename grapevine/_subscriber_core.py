@@ -450,6 +450,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         # knew of the leaf set is set aside: a summary covering the gaps can restore it.
         if not self._unresolved:
             self._saved_coverage = (self._coverage, self._coverage_from, self._leaf_set_known)
+        elif self._saved_coverage is not None:
+            # Ranges gathered between unresolved gaps hold too if those gaps resolve.
+            saved = self._saved_coverage[0]
+            for lo, hi in self._coverage.ranges.items():
+                saved.add(lo, hi)
         self._unresolved[index] = (first, end)
         self._max_unresolved = index
         self._suspects = len(self.leaves) - self._stale_count
