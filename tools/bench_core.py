@@ -38,9 +38,18 @@ def main() -> int:
     parser.add_argument("--deltas", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    n = args.deltas
+    for touched_interval_s in (PublisherConfig().touched_interval_s, 0.0):
+        label = (f"TOUCHED summaries every {touched_interval_s * 1000:.0f} ms (default)"
+                 if touched_interval_s else "TOUCHED summaries off")
+        print(f"--- {label}")
+        measure(args.deltas, args.repeats, PublisherConfig(
+            min_cycle_s=1e9, max_queued_deltas=args.deltas + 1,
+            touched_interval_s=touched_interval_s))
+    return 0
+
+
+def measure(n: int, repeats: int, config: PublisherConfig) -> None:
     model = BytesModel()
-    config = PublisherConfig(min_cycle_s=1e9, max_queued_deltas=n + 1)
 
     def baseline() -> float:
         def call(leaf_id: int, payload: bytes) -> int:
@@ -88,13 +97,14 @@ def main() -> int:
         assert sub.stats.deltas == n
         return elapsed
 
-    base = best_of(args.repeats, baseline)
-    rows = [("publish (apply, sequence, queue)", best_of(args.repeats, publish)),
-            ("pack into datagrams", best_of(args.repeats, pack)),
-            ("decode (fast path)", best_of(args.repeats, decode_only)),
-            ("receive (decode + sequencing + apply)", best_of(args.repeats, receive))]
-    print(f"{n} deltas of {len(PAYLOAD)} bytes, {len(datagrams)} datagrams, "
-          f"{n / len(datagrams):.1f} deltas/datagram, best of {args.repeats}")
+    base = best_of(repeats, baseline)
+    rows = [("publish (apply, sequence, queue)", best_of(repeats, publish)),
+            ("pack into datagrams", best_of(repeats, pack)),
+            ("decode (fast path)", best_of(repeats, decode_only)),
+            ("receive (decode + sequencing + apply)", best_of(repeats, receive))]
+    print(f"{n} deltas of {len(PAYLOAD)} bytes over 1000 leaves, {len(datagrams)} datagrams "
+          f"({sum(map(len, datagrams)):,} bytes), {n / len(datagrams):.1f} deltas/datagram, "
+          f"best of {repeats}")
     print(f"{'baseline: one Python call per delta':40} {base / n * 1e9:8.0f} ns/delta  1.0 x")
     for name, seconds in rows:
         print(f"{name:40} {seconds / n * 1e9:8.0f} ns/delta {seconds / base:4.1f} x "
@@ -102,7 +112,6 @@ def main() -> int:
     publisher = rows[0][1] + rows[1][1]
     print(f"publisher side {n / publisher / 1e3:.0f} k deltas/s, subscriber side "
           f"{n / rows[3][1] / 1e3:.0f} k deltas/s (one core each)")
-    return 0
 
 
 if __name__ == "__main__":
