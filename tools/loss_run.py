@@ -55,6 +55,9 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, default=3)
     parser.add_argument("--port", type=int, default=47500)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--touched-interval", type=float,
+                        default=PublisherConfig().touched_interval_s,
+                        help="seconds between TOUCHED summaries (0: off)")
     args = parser.parse_args()
     if os.environ.get(_INSIDE) != "1":
         if not shutil.which("unshare") or not shutil.which("nft"):
@@ -101,8 +104,11 @@ def run_inside(args: argparse.Namespace) -> int:
         sub.on_status(watcher(index))
     mids = {leaf: 10_000 + rng.randrange(1000) for leaf in range(1, args.leaves + 1)}
     try:
-        with Publisher(model, config=PublisherConfig(), **endpoint) as pub:
+        config = PublisherConfig(touched_interval_s=args.touched_interval)
+        with Publisher(model, config=config, **endpoint) as pub:
             started = time.monotonic()
+            next_sample = started + 1.0  # after the first snapshot cycles
+            fresh_samples: list[float] = []
             sent = 0
             levels: dict[int, list[tuple[int, int]]] = {leaf: [] for leaf in mids}
             while time.monotonic() - started < args.seconds:
@@ -123,6 +129,11 @@ def run_inside(args: argparse.Namespace) -> int:
                         book.append((price, side))
                     sent += 1
                 threading.Event().wait(0.002)
+                if time.monotonic() >= next_sample:  # how much of each replica is fresh
+                    next_sample += 0.05
+                    for sub in subs:
+                        fresh, total = sub.progress()
+                        fresh_samples.append(fresh / max(total, 1))
             pub.flush(10)
             loss_stopped = time.monotonic()
             nft("delete", "table", "inet", _TABLE)
@@ -147,6 +158,7 @@ def run_inside(args: argparse.Namespace) -> int:
             sub.close()
     report = {
         "loss_percent": args.loss, "seconds": args.seconds, "leaves": args.leaves,
+        "touched_interval_s": args.touched_interval,
         "deltas_published": sent, "subscribers": reports,
         "repair_time_s": {
             "count": len(repair_times),
@@ -156,6 +168,8 @@ def run_inside(args: argparse.Namespace) -> int:
             "max": round(max(repair_times), 4) if repair_times else None,
         },
         "time_to_sync_after_loss_stopped_s": round(sync_after_loss, 3),
+        "mean_fresh_share_under_loss": round(statistics.mean(fresh_samples), 3)
+        if fresh_samples else None,
     }
     print(json.dumps(report))
     return 0 if all(r["synced"] and r["equal"] for r in reports) else 1
