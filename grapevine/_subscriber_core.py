@@ -15,11 +15,10 @@ The algorithm is the one in protocol/SPEC.md, "Receiver algorithm":
   known to have missed changes is *stale* and buffers its deltas until a snapshot that
   chains with them repairs it;
 * snapshots assert that no leaf exists in ``[range_start, leaf_id)``; the union of those
-  ranges tells when the whole leaf set is known, and removes leaves whose delete was lost.
-
+  ranges tells when the whole leaf set is known, and removes leaves whose delete was lost;
 * TOUCHED summaries name the leaves each window of deltas changed; once consecutive
-  summaries cover every unresolved gap, exactly the listed leaves that missed changes go
-  stale and every other suspect is cleared at once (step (k) of the SPEC).
+  summaries cover a gap, exactly the listed leaves that missed changes go stale and every
+  other leaf is cleared of that gap at once (step (k) of the SPEC).
 
 Suspects cost O(1) per gap: each leaf records ``checked``, the number of gaps it has been
 verified against, and a leaf is suspect while ``checked`` is at or below the index of the
