@@ -186,7 +186,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
         return self._core.synced
 
     def wait_synced(self, timeout: float | None = None) -> bool:
-        """Block until synced (True) or until ``timeout`` seconds pass (False)."""
+        """Block until synced (True) or until ``timeout`` seconds pass (False).
+
+        Synced means the replica equals the publisher's state as of the last datagram
+        received; a change published a moment ago may still be in flight. To wait for a
+        particular change, use :meth:`wait_until_applied` with the sequence ``publish``
+        returned.
+        """
         with self._synced:
             return self._synced.wait_for(lambda: self._core.synced or self._closed, timeout) \
                 and self._core.synced

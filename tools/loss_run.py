@@ -137,7 +137,8 @@ def run_inside(args: argparse.Namespace) -> int:
             pub.flush(10)
             loss_stopped = time.monotonic()
             nft("delete", "table", "inet", _TABLE)
-            synced = [sub.wait_synced(60) for sub in subs]
+            synced = [sub.wait_until_applied(pub.last_sequence, session_id=pub.session_id,
+                                             timeout=60) for sub in subs]
             sync_after_loss = time.monotonic() - loss_stopped
             truth = {leaf: book.checksum() for leaf, book in pub.values().items()}
             reports = []
