@@ -121,6 +121,7 @@ class _Tracked:
     # Events summarised once a second: kind -> count, plus deltas missed by gaps.
     pending: dict[Status, int] = field(default_factory=dict)
     missed: int = 0
+    gaps_resolved_seen: int = 0  # stats["gaps_resolved"] at the last summary
 
     @property
     def updates(self) -> int:
@@ -228,8 +229,12 @@ def _print_summaries(subs: list[_Tracked], console: _Console) -> None:
             continue
         parts = []
         if pending.get(Status.GAP):
+            resolved = tracked.sub.stats()["gaps_resolved"]
+            named = resolved - tracked.gaps_resolved_seen
+            tracked.gaps_resolved_seen = resolved
             parts.append(f"{_plural(pending[Status.GAP], 'gap')} "
-                         f"({_plural(tracked.missed, 'delta')} missed)")
+                         f"({_plural(tracked.missed, 'delta')} missed, {named:,} resolved by "
+                         f"TOUCHED summaries)")
         if pending.get(Status.LEAF_STALE):
             parts.append(f"{_plural(pending[Status.LEAF_STALE], 'book')} stale")
         if pending.get(Status.LEAF_REPAIRED):
