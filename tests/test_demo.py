@@ -55,7 +55,8 @@ def test_demo_command_converges_after_loss_late_join_and_restart() -> None:
     assert proc.returncode == 0, out + proc.stderr
     rows = check_run(out, 100)
     assert int(rows["bursty"]["gaps"]) > 0, out  # 6 s of bursts at ~300 datagrams/s
-    assert re.search(r"loss5%: \d+ gaps? \(\d+ deltas? missed\)", out), out
+    assert re.search(r"loss5%: \d+ gaps? \(\d+ deltas? missed, \d+ resolved by TOUCHED "
+                     r"summaries\)", out), out
     assert "repaired from snapshots" in out
     assert re.search(r"publisher: [\d,]+ deltas \(3,0\d\d/s\)", out), out
     assert "Traceback" not in proc.stderr
