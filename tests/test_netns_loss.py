@@ -38,3 +38,4 @@ def test_ten_percent_kernel_loss_converges_exactly() -> None:
         assert sub["gaps"] > 0
         assert sub["missed_deltas"] > 0
         assert sub["repairs"] > 0
+        assert sub["gaps_resolved_by_summaries"] > 0
