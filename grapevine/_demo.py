@@ -154,13 +154,17 @@ class _UpdateCounter:
 
 
 def _free_port(group: str) -> int:
-    """A random UDP port in 40000-60000 that nothing on this host is bound to."""
+    """A random UDP port in 40000-60000 that nothing on this host holds for ``group``.
+
+    The probe binds the group address itself (never the wildcard), joins nothing and
+    sends nothing: it only asks the kernel whether the port is taken.
+    """
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(40000, 60000)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:
-                probe.bind(("0.0.0.0", port))
+                probe.bind((group, port))
             except OSError:
                 continue
         return port
