@@ -243,19 +243,25 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     # ------------------------------------------------------------------ public calls
 
     def receive(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Process one datagram received at ``now``. Never raises on bad remote data."""
+        """Process one datagram received at ``now``. Never raises on bad remote data.
+
+        It also runs the timers, so a caller need not :meth:`poll` after it.
+        """
         self.stats.datagrams += 1
         try:
             datagram = decode(data)
         except DecodeError as exc:
             self.stats.malformed += 1
             self.last_error = exc
+            self.poll(now)
             return
         if datagram.stream_id != self.config.stream_id:
             self.stats.foreign_stream += 1
+            self.poll(now)
             return
         if datagram.session_id != self.session_id and not self._switch_session(datagram, now):
             self.stats.foreign_session += 1
+            self.poll(now)
             return
         self.last_heard = now
         if self.silent:
@@ -390,6 +396,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._chain: dict[int, int] = {}
         self._chain_from = self._chain_to = -1
         self._checked_counts: dict[int, int] = {}  # non-stale leaves by `checked`
+        self._counts_changed = False  # since the last look for gaps to give up
         self._suspects = 0
         self._stale_count = 0
         self._coverage = _Coverage()
@@ -585,6 +592,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._suspects += 1
 
     def _untrack(self, rec: _Leaf) -> None:
+        self._counts_changed = True  # the lowest `checked` may have risen
         counts = self._checked_counts
         left = counts[rec.checked] - 1
         if left:
@@ -845,7 +853,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
 
     def _update_synced(self, now: float) -> None:
-        if self._unresolved:
+        if self._unresolved and self._counts_changed:
+            # Only a leaf leaving its `checked` count can make a gap irrelevant.
+            self._counts_changed = False
             self._forget_irrelevant_gaps()
         synced = (self._leaf_set_known and self.unverified == 0 and not self.silent
                   and not self.ended and self.session_id is not None)

@@ -312,9 +312,16 @@ class Subscriber(Generic[LeafT, DeltaT]):
         drop = self._drop_filter
         dispatcher = self._dispatcher
         callbacks = self._callbacks
+        timeout = 0.05
+        sock.settimeout(timeout)
         while not closing.is_set():
+            # Wake at least every 50 ms for the timers, every 2 ms while one is close.
+            # settimeout is a system call, so it is only made when the value changes.
             now = clock()
-            sock.settimeout(min(max(core.next_poll(now) - now, 0.001), 0.05))
+            wanted = 0.05 if core.next_poll(now) - now >= 0.05 else 0.002
+            if wanted != timeout:
+                timeout = wanted
+                sock.settimeout(timeout)
             try:
                 size = sock.recv_into(buffer)
             except TimeoutError:
@@ -327,16 +334,17 @@ class Subscriber(Generic[LeafT, DeltaT]):
             try:
                 with lock:
                     now = clock()
-                    if size >= 0:
-                        data = view[:size]
-                        if drop is not None and drop(data):
-                            self.injected_drops += 1
-                        elif size > wire.MAX_DATAGRAM_SIZE:
-                            core.stats.datagrams += 1
-                            core.stats.malformed += 1
-                        else:
-                            core.receive(data, now)
-                    core.poll(now)
+                    if size < 0:
+                        core.poll(now)
+                    elif drop is not None and drop(view[:size]):
+                        self.injected_drops += 1
+                        core.poll(now)
+                    elif size > wire.MAX_DATAGRAM_SIZE:
+                        core.stats.datagrams += 1
+                        core.stats.malformed += 1
+                        core.poll(now)
+                    else:
+                        core.receive(view[:size], now)  # runs the timers too
                     updates, events = core.updates, core.events
                     if updates:
                         core.updates = []
