@@ -449,10 +449,7 @@ class DatagramBuilder:
         size = len(payload)
         stop = offset + DELTA_OVERHEAD + size
         if stop > self.max_size:
-            if self._count == 0:
-                raise EncodeError(f"a delta payload of {size} bytes cannot fit a "
-                                  f"{self.max_size}-byte datagram")
-            return False
+            return self._too_big(f"a delta payload of {size} bytes")
         if leaf_seq == 0 or flags & 3 == 3 or (flags & 2 and size):
             raise EncodeError(f"invalid delta (leaf_seq={leaf_seq}, flags={flags}, payload "
                               f"{size} bytes): leaf_seq must be >= 1, CREATE and DELETE are "
@@ -476,10 +473,7 @@ class DatagramBuilder:
         size = len(snap.payload)
         stop = offset + SNAPSHOT_OVERHEAD + size
         if stop > self.max_size:
-            if self._count == 0:
-                raise EncodeError(f"a snapshot fragment of {size} bytes cannot fit a "
-                                  f"{self.max_size}-byte datagram")
-            return False
+            return self._too_big(f"a snapshot fragment of {size} bytes")
         try:  # the receiver's rules, so that a builder never emits a datagram they drop
             _check_snapshot(snap, self._count, offset, self._sequence + self._deltas)
         except DecodeError as exc:
@@ -501,10 +495,7 @@ class DatagramBuilder:
         length = _TOUCHED.size + len(touched.entries) * _TOUCHED_ENTRY.size
         stop = offset + MESSAGE_HEADER_SIZE + length
         if stop > self.max_size:
-            if self._count == 0:
-                raise EncodeError(f"a touched summary of {len(touched.entries)} leaves cannot "
-                                  f"fit a {self.max_size}-byte datagram")
-            return False
+            return self._too_big(f"a touched summary of {len(touched.entries)} leaves")
         try:
             _check_touched(touched, self._count, offset, self._sequence + self._deltas)
         except DecodeError as exc:
@@ -547,6 +538,13 @@ class DatagramBuilder:
             raise EncodeError(f"header not representable (sequence={self._sequence}, "
                               f"send_time_ns={send_time_ns}): {exc}") from None
         return self._view[: self._offset]
+
+    def _too_big(self, what: str) -> bool:
+        """A message does not fit: False (the caller starts a new datagram), unless it
+        would not fit even an empty one."""
+        if self._count == 0:
+            raise EncodeError(f"{what} cannot fit a {self.max_size}-byte datagram")
+        return False
 
     def _add_fixed(self, kind: int, fields: struct.Struct, values: tuple[int, ...]) -> bool:
         offset = self._offset
