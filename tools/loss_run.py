@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -40,7 +39,8 @@ from grapevine import (
     Subscriber,
     SubscriberConfig,
 )
-from grapevine.book import BookDelta, Op, OrderBookModel, Side
+from grapevine._market import Market
+from grapevine.book import OrderBookModel
 
 _INSIDE = "GRAPEVINE_LOSS_RUN_INSIDE"
 _TABLE = "grapevine_loss"
@@ -82,7 +82,6 @@ def run_inside(args: argparse.Namespace) -> int:
         "numgen", "random", "mod", "100", "<", str(args.loss), "counter", "drop")
     model = OrderBookModel()
     endpoint = {"group": "239.255.73.1", "port": args.port}
-    rng = random.Random(args.seed)
     stale_at: dict[tuple[int, int], float] = {}
     repair_times: list[float] = []
     lock = threading.Lock()
@@ -102,31 +101,18 @@ def run_inside(args: argparse.Namespace) -> int:
             for _ in range(args.subscribers)]
     for index, sub in enumerate(subs):
         sub.on_status(watcher(index))
-    mids = {leaf: 10_000 + rng.randrange(1000) for leaf in range(1, args.leaves + 1)}
+    market = Market(args.leaves, seed=args.seed)  # the demo's never-crossing market
     try:
         config = PublisherConfig(touched_interval_s=args.touched_interval)
-        with Publisher(model, config=config, **endpoint) as pub:
+        with Publisher(model, config=config, initial=market.copy_books(), **endpoint) as pub:
             started = time.monotonic()
             next_sample = started + 1.0  # after the first snapshot cycles
             fresh_samples: list[float] = []
             sent = 0
-            levels: dict[int, list[tuple[int, int]]] = {leaf: [] for leaf in mids}
             while time.monotonic() - started < args.seconds:
                 target = int((time.monotonic() - started) * args.rate)
-                while sent < target:
-                    leaf = rng.randrange(1, args.leaves + 1)
-                    book = levels[leaf]
-                    side = rng.randrange(2)
-                    if len(book) > 20 or (book and rng.random() < 0.4):
-                        entry = book.pop(rng.randrange(len(book)))
-                        price, qty_side = entry
-                        pub.publish(leaf, BookDelta(Op.REMOVE, Side(qty_side), price, 1,
-                                                    time.time_ns()))
-                    else:
-                        offset = rng.randrange(1, 50)
-                        price = mids[leaf] - offset if side == 0 else mids[leaf] + offset
-                        pub.publish(leaf, BookDelta(Op.ADD, Side(side), price, 1, time.time_ns()))
-                        book.append((price, side))
+                for leaf, delta in market.batch(target - sent):
+                    pub.publish(leaf, delta)
                     sent += 1
                 threading.Event().wait(0.002)
                 if time.monotonic() >= next_sample:  # how much of each replica is fresh

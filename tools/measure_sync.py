@@ -12,7 +12,6 @@ period so the figures can be read against it (sync needs about one full cycle).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import threading
@@ -22,22 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import Publisher, PublisherConfig, Subscriber
-from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, encode
-
-
-def make_book(rng: random.Random, levels: int) -> OrderBook:
-    book = OrderBook()
-    mid = 10_000 + rng.randrange(1000)
-    for i in range(1, levels + 1):
-        book.apply(BookDelta(Op.ADD, Side.BID, mid - i, rng.randrange(1, 100), 1))
-        book.apply(BookDelta(Op.ADD, Side.ASK, mid + i, rng.randrange(1, 100), 1))
-    return book
+from grapevine._market import Market
+from grapevine.book import OrderBookModel, encode
 
 
 def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
-    rng = random.Random(leaves)
-    initial = {leaf: make_book(rng, levels) for leaf in range(1, leaves + 1)}
-    leaf_bytes = len(encode(initial[1]))
+    market = Market(leaves, seed=leaves, levels=levels)  # the demo's market
+    initial = market.copy_books()
+    leaf_bytes = sum(len(encode(book)) for book in initial.values()) // leaves
     model = OrderBookModel()
     config = PublisherConfig()
     endpoint = {"group": "239.255.74.1", "port": port}
@@ -46,16 +37,9 @@ def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
     with Publisher(model, initial=initial, config=config, **endpoint) as pub:
 
         def churn() -> None:
-            # Quote updates on random books: ADD then REMOVE one order at an outer level.
             while not stop.is_set():
-                for _ in range(max(rate // 100, 1)):
-                    leaf = rng.randrange(1, leaves + 1)
-                    price = pub.get(leaf).best_bid()
-                    if price is not None:
-                        outer = price[0] - levels - 5
-                        pub.publish(leaf, BookDelta(Op.ADD, Side.BID, outer, 1, time.time_ns()))
-                        pub.publish(leaf, BookDelta(Op.REMOVE, Side.BID, outer, 1,
-                                                    time.time_ns()))
+                for leaf, delta in market.batch(max(rate // 100, 1)):
+                    pub.publish(leaf, delta)
                 stop.wait(0.01)
 
         worker = threading.Thread(target=churn, name="measure-churn")
@@ -78,7 +62,7 @@ def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
             stop.set()
             worker.join()
     cycle_s = run_s / max(stats["cycles"], 1)  # measured: budget, min_cycle_s and CPU bound it
-    print(f"{leaves:>6} leaves x {leaf_bytes} B ({levels} levels/side), "
+    print(f"{leaves:>6} leaves x ~{leaf_bytes} B ({levels} levels/side), "
           f"snapshot budget {config.snapshot_bytes_per_s / 1e6:.0f} MB/s, "
           f"measured cycle {cycle_s:.2f} s: "
           f"sync median {statistics.median(times):.2f} s, min {min(times):.2f} s, "
