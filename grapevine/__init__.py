@@ -7,10 +7,18 @@ detect loss, repair exactly the leaves that loss touched and know when they are 
 
 from __future__ import annotations
 
-from ._errors import ClosedError, ConfigError, DecodeError, EncodeError, GrapevineError
+from ._errors import (
+    ClosedError,
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    GrapevineError,
+    PublisherFailedError,
+)
 from ._publisher_core import PublisherConfig, QueueFullError
-from ._subscriber_core import Status, StatusEvent, SubscriberConfig, UpdateKind
+from ._subscriber_core import SubscriberConfig
 from .codec import decode, describe
+from .events import Status, StatusEvent, UpdateKind
 from .model import BytesModel, LeafModel
 from .publisher import Publisher
 from .subscriber import Replica, Subscriber
@@ -27,6 +35,7 @@ __all__ = [
     "LeafModel",
     "Publisher",
     "PublisherConfig",
+    "PublisherFailedError",
     "QueueFullError",
     "Replica",
     "Status",

@@ -2,12 +2,20 @@
 
 Errors are split the way h11 splits them: :class:`DecodeError` means a *remote* party sent
 bytes that are not valid Grapevine v1 (receivers count it and carry on); every other error
-means the *local* caller misused the library and is raised at the call.
+means the *local* caller misused the library and is raised at the call, except
+:class:`PublisherFailedError`, raised at the next call after a publisher's sender thread failed.
 """
 
 from __future__ import annotations
 
-__all__ = ["ClosedError", "ConfigError", "DecodeError", "EncodeError", "GrapevineError"]
+__all__ = [
+    "ClosedError",
+    "ConfigError",
+    "DecodeError",
+    "EncodeError",
+    "GrapevineError",
+    "PublisherFailedError",
+]
 
 
 class GrapevineError(Exception):
@@ -38,3 +46,13 @@ class ConfigError(GrapevineError, ValueError):
 
 class ClosedError(GrapevineError, RuntimeError):
     """The object was used after ``close()``."""
+
+
+class PublisherFailedError(GrapevineError, RuntimeError):
+    """The publisher's sender thread failed, so nothing more is sent in its session.
+
+    Raised by ``publish``, ``delete`` and ``flush`` once the sender has failed, and by
+    ``close`` if no earlier call raised it. The exception that stopped the sender is its
+    ``__cause__`` (and :attr:`Publisher.failure`). Start a new ``Publisher`` (a new
+    session) to go on publishing.
+    """

@@ -9,6 +9,10 @@ thread-safe: the runtime layer (:mod:`grapevine.publisher`) serialises calls wit
 Ordering rule (SPEC "Publisher behaviour"): deltas and snapshots leave through one FIFO.
 A snapshot is encoded when the pacing budget allows and queued *behind* every delta it
 already reflects, so ``as_of_seq`` never runs ahead of the deltas a receiver has been sent.
+
+A leaf the model cannot encode (``encode_leaf`` raises or returns something that is not
+bytes) is skipped for that cycle, never sent half-built, and reported: see
+``PublisherCore._snapshot_failed`` for why and :attr:`PublisherCore.snapshot_failures`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = ["PublisherConfig", "PublisherCore", "PublisherStats", "QueueFullError
 # Don't start a snapshot fragment in the tail of a datagram smaller than this.
 _MIN_FRAGMENT = 64
 _MAX_LEAF_ID = wire.MAX_LEAF_ID
+_MAX_TOTAL_LENGTH = 0xFFFF_FFFF  # a snapshot's total_length is a u32
 _ABSENT: Any = object()
 _dict_set = dict.__setitem__
 
@@ -103,6 +108,7 @@ class PublisherStats:
     heartbeats: int = 0
     cycles: int = 0
     bytes_sent: int = 0
+    snapshot_errors: int = 0  # encode_leaf calls that failed (the leaf's snapshot skipped)
 
 
 class _QueuedSnapshot:
@@ -170,6 +176,11 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._last_heartbeat = self._last_send
         self._heartbeat_ms = round(self.config.heartbeat_interval_s * 1000)
         self.ended = False
+        # Leaves whose latest encode_leaf failed -> that exception (see _snapshot_failed).
+        self.snapshot_failures: dict[int, Exception] = {}
+        # (leaf, exception) each time a leaf starts failing, for the runtime to report;
+        # bounded, so a caller that never drains it does not grow without limit.
+        self.new_snapshot_failures: deque[tuple[int, Exception]] = deque(maxlen=256)
 
     # ------------------------------------------------------------------ user side
 
@@ -210,6 +221,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if self._queued_deltas >= self.config.max_queued_deltas:
             raise QueueFullError(f"{self._queued_deltas} deltas are queued")
         del self.leaves[leaf_id]
+        if self.snapshot_failures:
+            self.snapshot_failures.pop(leaf_id, None)
         return self._enqueue_delta(leaf_id, DeltaFlag.DELETE, b"")
 
     @property
@@ -232,7 +245,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         """The next datagram to send at time ``now``, or None if nothing is due.
 
         ``now`` drives pacing (any monotonic clock, seconds); ``send_time_ns`` is the wall
-        clock (Unix ns) written into the header for captures and latency measurement.
+        clock (Unix ns) written into the header for captures and latency measurement
+        (0: ``now`` in nanoseconds).
 
         Call repeatedly until it returns None, then wait until :meth:`next_wakeup` or a
         publish. The returned view is valid until the next call.
@@ -369,7 +383,9 @@ class PublisherCore(Generic[LeafT, DeltaT]):
                 return True
 
     def _finish(self, now: float, send_time_ns: int) -> memoryview:
-        datagram = self._builder.finish(send_time_ns)
+        # Without a wall clock (simulations), ``now`` stamps the datagram: two heartbeats
+        # are then never byte-identical, as receivers expect of a live stream.
+        datagram = self._builder.finish(send_time_ns or max(1, round(now * 1e9)))
         self._last_send = now
         self.stats.datagrams += 1
         self.stats.bytes_sent += len(datagram)
@@ -421,7 +437,13 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             leaf_id = keys[position]
             range_start = keys[position - 1] + 1 if position else 0
             last = position == count - 1
-            payload = self.model.encode_leaf(leaves[leaf_id])
+            try:
+                payload = self._encode_leaf(leaves[leaf_id])
+            except Exception as exc:  # noqa: BLE001 - the model's: skip the leaf, see below
+                self._snapshot_failed(leaf_id, exc, last)
+                return
+            if self.snapshot_failures:
+                self.snapshot_failures.pop(leaf_id, None)  # it encodes again
             template = Snapshot(leaf_id, range_start, self.cycle_id, position, count,
                                 self._leaf_seqs.get(leaf_id, 0), self.next_seq, len(payload), 0,
                                 SnapshotFlag.LAST if last else 0, b"")
@@ -432,6 +454,47 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._tokens -= len(payload) + SNAPSHOT_OVERHEAD
         self.stats.snapshots += 1
         self.stats.snapshot_bytes += len(payload)
+
+    def _encode_leaf(self, leaf: Any) -> bytes:
+        """The model's encoding of a leaf, checked to be bytes a snapshot can carry."""
+        encoded: object = self.model.encode_leaf(leaf)
+        if type(encoded) is bytes:
+            payload = encoded
+        elif isinstance(encoded, bytearray | memoryview):
+            payload = bytes(encoded)  # a copy: the snapshot is fragmented later
+        else:
+            raise TypeError(f"encode_leaf returned {type(encoded).__name__}, not bytes")
+        if len(payload) > _MAX_TOTAL_LENGTH:
+            raise EncodeError(f"a leaf encoding of {len(payload)} bytes is longer than a "
+                              f"snapshot's total_length allows ({_MAX_TOTAL_LENGTH})")
+        return payload
+
+    def _snapshot_failed(self, leaf_id: int, exc: Exception, last: bool) -> None:
+        """``encode_leaf`` failed for ``leaf_id``: skip its snapshot in this cycle.
+
+        Why skip rather than stop the publisher: the failure concerns one leaf, and the
+        protocol already degrades per leaf. Nothing is sent for this leaf, and the other
+        snapshots' range assertions are computed from the real leaf set (the next leaf's
+        ``range_start`` is this leaf's id + 1), so no snapshot ever claims the leaf is absent
+        and no receiver deletes it: receivers that need this leaf's snapshot (late joiners,
+        repairs after a loss) never get it reported fresh and so never report themselves
+        synced: truthful, while every other leaf keeps replicating and deltas keep flowing.
+        The next cycle tries again (a later delta may make the leaf encodable). Skipping is
+        never silent: it is counted in ``stats.snapshot_errors``, kept in
+        :attr:`snapshot_failures` until the leaf encodes again or is deleted, and queued in
+        :attr:`new_snapshot_failures` for the runtime to log. Stopping the whole stream
+        would turn one leaf's bug into an outage of every leaf for every subscriber.
+        """
+        self.stats.snapshot_errors += 1
+        if leaf_id not in self.snapshot_failures:
+            self.new_snapshot_failures.append((leaf_id, exc))
+        self.snapshot_failures[leaf_id] = exc
+        self._cursor = None if last else leaf_id
+        if last:
+            self.stats.cycles += 1
+        # Charge the attempt like an empty snapshot, so pacing (and the loop in
+        # _maybe_queue_snapshot) goes on even when every leaf fails.
+        self._tokens -= SNAPSHOT_OVERHEAD
 
     @staticmethod
     def _check_leaf_id(leaf_id: int) -> None:

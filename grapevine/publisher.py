@@ -16,6 +16,21 @@ full, ``publish`` waits up to ``block_timeout_s`` for room (``on_full="block"``,
 or fails at once (``on_full="error"``); either way a change that cannot be queued raises
 :class:`QueueFullError` and is *not* applied, so the state never runs ahead of the stream.
 
+Failures on the sender thread:
+
+* a socket send error (``OSError``: EPERM from a firewall, ENOBUFS...) loses that datagram,
+  as the network may, and is counted in ``stats()["send_errors"]`` (and logged); receivers
+  repair the loss;
+* a leaf the model cannot encode (``encode_leaf`` raises) is skipped by the snapshot cycle
+  and retried in the next one; every other leaf, and every delta, keeps flowing. It is
+  logged (once each time a leaf starts failing), counted in ``stats()["snapshot_errors"]``
+  and listed by :meth:`Publisher.snapshot_failures`. Receivers that need that leaf's
+  snapshot stay unsynced for it: they never report it fresh;
+* anything else stops the sender thread for good. The error is logged, END_OF_SESSION is
+  still sent if possible (subscribers then know at once that the session is over), and
+  :class:`PublisherFailedError`, chained to the error, is raised by ``publish``,
+  ``delete`` and ``flush`` (which then never waits) and by ``close`` (see there).
+
 Usage::
 
     with Publisher(model, group="239.255.71.1", port=47100) as pub:
@@ -30,14 +45,14 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, replace
-from typing import Any, Generic, Literal
+from typing import Any, Generic, Literal, NoReturn
 
-from ._errors import ClosedError, ConfigError
+from ._errors import ClosedError, ConfigError, PublisherFailedError
 from ._publisher_core import PublisherConfig, PublisherCore, QueueFullError
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
 from .model import DeltaT, LeafModel, LeafT
 
-__all__ = ["Publisher", "PublisherConfig", "QueueFullError"]
+__all__ = ["Publisher", "PublisherConfig", "PublisherFailedError", "QueueFullError"]
 
 log = logging.getLogger("grapevine")
 
@@ -50,12 +65,14 @@ class Publisher(Generic[LeafT, DeltaT]):
     Args:
         model: how leaves and deltas are applied and encoded (a :class:`LeafModel`).
         group, port: the multicast group and UDP port (IPv4).
-        stream_id: this stream's id (several streams may share a group and port).
+        stream_id: this stream's id (several streams may share a group and port). Default:
+            ``config.stream_id`` (0 without a config). Given with a ``config`` whose
+            ``stream_id`` differs, it raises :class:`ConfigError` rather than pick one.
         interface: address of the local interface to send from (default loopback).
         ttl: multicast TTL (default 0: the datagrams never leave this host).
         initial: leaves the state starts with (sent by the snapshot cycle). The publisher
             takes ownership: mutable leaves passed here are changed by later deltas.
-        config: pacing and limits (:class:`PublisherConfig`); ``stream_id`` overrides it.
+        config: pacing and limits (:class:`PublisherConfig`).
         on_full: "block" (wait up to ``block_timeout_s``) or "error" when the queue is full.
     """
 
@@ -65,7 +82,7 @@ class Publisher(Generic[LeafT, DeltaT]):
         *,
         group: str = DEFAULT_GROUP,
         port: int = DEFAULT_PORT,
-        stream_id: int = 0,
+        stream_id: int | None = None,
         interface: str = DEFAULT_INTERFACE,
         ttl: int = 0,
         initial: Mapping[int, LeafT] | None = None,
@@ -75,7 +92,13 @@ class Publisher(Generic[LeafT, DeltaT]):
     ) -> None:
         if on_full not in ("block", "error"):
             raise ConfigError(f"on_full must be 'block' or 'error', not {on_full!r}")
-        self.config = replace(config or PublisherConfig(), stream_id=stream_id)
+        base = config or PublisherConfig()
+        if stream_id is None:
+            stream_id = base.stream_id
+        elif config is not None and config.stream_id != stream_id:
+            raise ConfigError(f"stream_id={stream_id} conflicts with "
+                              f"config.stream_id={config.stream_id}: give it once")
+        self.config = replace(base, stream_id=stream_id)  # validates a keyword stream_id
         self._core: PublisherCore[LeafT, DeltaT] = PublisherCore(
             model, self.config, initial=initial, now=time.monotonic()
         )
@@ -93,6 +116,8 @@ class Publisher(Generic[LeafT, DeltaT]):
         self._stopping = False
         self._closed = False
         self.send_errors = 0
+        self._failure: BaseException | None = None  # what stopped the sender thread
+        self._failure_raised = False  # PublisherFailedError reached the user at least once
         self._thread = threading.Thread(
             target=self._send_loop, daemon=True,
             name=f"grapevine-sender[{group}:{port}/{stream_id}]",
@@ -129,15 +154,25 @@ class Publisher(Generic[LeafT, DeltaT]):
             return seq
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every published delta has been sent; False on timeout."""
+        """Wait until every published delta has been sent; False on timeout.
+
+        Raises :class:`PublisherFailedError` (at once, or as soon as it happens while
+        waiting) if the sender thread has failed: then some deltas may never be sent.
+        """
         with self._lock:
+            if self._failure is not None:
+                self._raise_failure()
             self._flushing += 1
             self._wake.notify()
             try:
-                return self._room.wait_for(
-                    lambda: self._core.queued_deltas == 0 or self._closed, timeout)
+                done = self._room.wait_for(
+                    lambda: (self._core.queued_deltas == 0 or self._closed
+                             or self._failure is not None), timeout)
             finally:
                 self._flushing -= 1
+            if self._failure is not None:
+                self._raise_failure()
+            return done
 
     def get(self, leaf_id: int) -> LeafT:
         """The current value of a leaf (KeyError if absent)."""
@@ -167,19 +202,48 @@ class Publisher(Generic[LeafT, DeltaT]):
         return self._core.session_id
 
     def stats(self) -> dict[str, Any]:
-        """Counters: deltas, datagrams, snapshots, cycles, bytes, heartbeats, queue depth."""
+        """Counters: deltas, datagrams, snapshots, cycles, bytes, heartbeats, queue depth.
+
+        Also the failures: ``send_errors`` (datagrams the socket refused),
+        ``snapshot_errors`` (``encode_leaf`` calls that failed) and
+        ``snapshot_failing_leaves`` (leaves whose latest ``encode_leaf`` failed).
+        """
         with self._lock:
             values = asdict(self._core.stats)
             values["queued_deltas"] = self._core.queued_deltas
             values["leaves"] = len(self._core.leaves)
             values["cycle_id"] = self._core.cycle_id
+            values["snapshot_failing_leaves"] = len(self._core.snapshot_failures)
         values["send_errors"] = self.send_errors
         return values
+
+    def snapshot_failures(self) -> dict[int, Exception]:
+        """Leaves the snapshot cycle cannot carry: leaf id -> what ``encode_leaf`` raised.
+
+        A leaf is listed from its first failed encoding until one succeeds (or it is
+        deleted). Subscribers that need such a leaf's snapshot (late joiners, repair after
+        a loss) do not sync it, so this should stay empty.
+        """
+        with self._lock:
+            return dict(self._core.snapshot_failures)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception that stopped the sender thread, or None while it runs normally."""
+        return self._failure
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued, tell subscribers the session ended, stop. Idempotent."""
+        """Send what is queued, tell subscribers the session ended, stop. Idempotent.
+
+        Always stops the sender thread (waiting up to ``timeout`` for it) and closes the
+        socket. If the sender thread had failed and no earlier ``publish``, ``delete`` or
+        ``flush`` raised :class:`PublisherFailedError` for it, ``close`` raises it (after
+        cleaning up), so a failure always reaches the caller once without being raised a
+        second time on top of itself, for instance from a ``finally`` or ``with`` block
+        that is already handling it. A second ``close`` is a no-op and never raises.
+        """
         with self._lock:
             if self._closed or self._stopping:
                 return
@@ -189,26 +253,51 @@ class Publisher(Generic[LeafT, DeltaT]):
         with self._lock:
             self._closed = True
             self._room.notify_all()
+            unreported = self._failure is not None and not self._failure_raised
         self._socket.close()
+        if unreported:
+            with self._lock:
+                self._raise_failure()
 
     def __enter__(self) -> Publisher[LeafT, DeltaT]:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except PublisherFailedError as failure:
+            # The block is already raising: let its exception through, noting this one.
+            exc.add_note(f"Also, on closing the Publisher: {failure}")
 
     # ------------------------------------------------------------------ internals
 
     def _check_open(self) -> None:
+        """Called with the lock held: raise if the publisher cannot take a change."""
         if self._closed or self._stopping:
             raise ClosedError("this Publisher is closed")
+        if self._failure is not None:
+            self._raise_failure()
+
+    def _raise_failure(self) -> NoReturn:
+        """Called with the lock held once the sender thread has failed."""
+        failure = self._failure
+        assert failure is not None
+        self._failure_raised = True
+        raise PublisherFailedError(
+            f"the publisher's sender thread failed with {type(failure).__name__}: "
+            f"{failure}; nothing more is sent in session {self.session_id:#018x} "
+            "(close it and start a new Publisher)") from failure
 
     def _wait_for_room(self) -> None:
         """Called with the lock held and the queue full: apply the queue policy."""
         limit = self.config.max_queued_deltas
         if self._on_full == "block":
             self._wake.notify()
-            if self._room.wait_for(lambda: self._core.queued_deltas < limit or self._stopping,
+            if self._room.wait_for(lambda: (self._core.queued_deltas < limit or self._stopping
+                                            or self._failure is not None),
                                    self._block_timeout_s):
                 self._check_open()
                 return
@@ -216,11 +305,40 @@ class Publisher(Generic[LeafT, DeltaT]):
                              f"(max_queued_deltas={limit}); the change was not applied")
 
     def _send_loop(self) -> None:
+        try:
+            self._run_sender()
+        except BaseException as exc:  # noqa: BLE001 - recorded, logged and raised to the user
+            self._sender_failed(exc)
+
+    def _sender_failed(self, exc: BaseException) -> None:
+        """The sender thread stops for good: record why, wake every waiter, end the session.
+
+        Reached only by errors that are not the network's (counted in ``send_errors``) nor
+        the model's ``encode_leaf`` (the core skips that leaf): a bug, or an unexpected
+        exception from the socket layer. The session cannot go on, so it ends visibly:
+        ``publish``, ``delete``, ``flush`` and ``close`` raise :class:`PublisherFailedError`.
+        """
+        log.error("grapevine sender thread failed; publisher session %#018x stops sending",
+                  self.session_id, exc_info=exc)  # before any caller can see the failure
+        with self._lock:
+            self._failure = exc
+            self._room.notify_all()  # publish() waiting for room and flush() waiting
+        # Subscribers learn at once that this session is over (deltas still queued are
+        # lost; they see those as a gap) instead of after the silence timeout, and follow
+        # a restarted publisher at once. Best effort: the error may prevent it.
+        try:
+            self._send_end_of_session()
+        except Exception:
+            log.exception("grapevine could not send END_OF_SESSION after the failure")
+
+    def _run_sender(self) -> None:
         core = self._core
         sock = self._socket
         clock = time.monotonic
         lock = self._lock
         while True:
+            stop = False
+            news: list[tuple[int, Exception]] = []
             with lock:
                 now = clock()
                 linger_until = self._burst_started_at + self._linger_s
@@ -233,27 +351,43 @@ class Publisher(Generic[LeafT, DeltaT]):
                     self._sender_waiting = False
                     continue
                 datagram = core.next_datagram(now, time.time_ns())
+                if core.new_snapshot_failures:  # leaves that just started failing to encode
+                    news = list(core.new_snapshot_failures)
+                    core.new_snapshot_failures.clear()
                 if datagram is None:
                     self._room.notify_all()  # the queue is empty: flush() and publishers
                     if self._stopping:
-                        break
-                    self._sender_waiting = True
-                    self._wake.wait(max(core.next_wakeup(now) - now, 0.0005))
-                    self._sender_waiting = False
-                    continue
-                if core.queued_deltas < self.config.max_queued_deltas:
+                        stop = True
+                    else:
+                        self._sender_waiting = True
+                        self._wake.wait(max(core.next_wakeup(now) - now, 0.0005))
+                        self._sender_waiting = False
+                elif core.queued_deltas < self.config.max_queued_deltas:
                     self._room.notify_all()
+            for leaf_id, exc in news:  # logged outside the lock
+                log.error("grapevine encode_leaf failed for leaf %d: its snapshot is skipped "
+                          "until it encodes again, so subscribers that need it cannot sync "
+                          "it: %r", leaf_id, exc, exc_info=exc)
+            if stop:
+                break
+            if datagram is None:
+                continue
             try:
                 sock.send(datagram)
             except OSError as exc:
                 self.send_errors += 1
                 if self.send_errors == 1 or self.send_errors % 1000 == 0:
                     log.warning("grapevine send failed (%d so far): %s", self.send_errors, exc)
-        with lock:
-            final = bytes(core.end_of_session(clock(), time.time_ns()))
+        self._send_end_of_session()
+
+    def _send_end_of_session(self) -> None:
+        with self._lock:
+            if self._core.ended:
+                return
+            final = bytes(self._core.end_of_session(time.monotonic(), time.time_ns()))
         for _ in range(_END_OF_SESSION_COPIES):
             try:
-                sock.send(final)
+                self._socket.send(final)
             except OSError as exc:
                 self.send_errors += 1
                 log.warning("grapevine end-of-session send failed: %s", exc)

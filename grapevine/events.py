@@ -1,0 +1,56 @@
+"""What a subscriber tells its callbacks: leaf updates and status changes.
+
+These are public types (re-exported from :mod:`grapevine`); the subscriber core produces
+them and the dispatcher delivers them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+__all__ = ["Status", "StatusEvent", "UpdateKind"]
+
+
+class UpdateKind(enum.IntEnum):
+    """What happened to a leaf, as delivered to leaf callbacks."""
+
+    CHANGED = 1  # a delta was applied (``delta`` is the decoded delta)
+    REPLACED = 2  # a snapshot was installed (initial sync or repair); ``delta`` is None
+    DELETED = 3  # the leaf no longer exists; ``leaf`` is None
+    CONFLATED = 4  # several changes, delivered late as one; read the leaf
+
+
+class Status(enum.Enum):
+    """Status changes reported to status callbacks."""
+
+    SESSION_STARTED = "session started"  # first datagram of a publisher session
+    SYNCED = "synced"  # every leaf known and fresh
+    UNSYNCED = "unsynced"  # no longer synced (gap, silence, session end, distrust)
+    GAP = "gap"  # deltas [first_seq, end_seq) were lost; all leaves suspect
+    LEAF_STALE = "leaf stale"  # leaf_id missed changes; it waits for a snapshot
+    LEAF_REPAIRED = "leaf repaired"  # leaf_id was repaired from a snapshot
+    LEAF_DIVERGED = "leaf diverged"  # evidence contradicted a leaf reported fresh (reason)
+    RESYNC = "resync"  # the subscriber distrusted its whole state and rebuilds it (reason)
+    SILENT = "publisher silent"  # nothing heard for the silence timeout
+    RESUMED = "publisher resumed"  # heard again after SILENT (or data after END_OF_SESSION)
+    RESTARTED = "publisher restarted"  # a new session replaced the old: replica rebuilt
+    SESSION_ENDED = "session ended"  # the publisher stopped cleanly
+    LAGGING = "lagging"  # datagrams arrive later than the lag threshold (see lag_s)
+    CAUGHT_UP = "caught up"  # lag back under half the threshold after LAGGING
+
+
+class StatusEvent(NamedTuple):
+    """One status change. Fields that do not apply to ``kind`` are None.
+
+    ``time`` is the clock the subscriber core was driven with: ``time.monotonic()`` seconds
+    in :class:`~grapevine.Subscriber`.
+    """
+
+    kind: Status
+    time: float
+    leaf_id: int | None = None
+    first_seq: int | None = None
+    end_seq: int | None = None
+    session_id: int | None = None
+    reason: str | None = None
