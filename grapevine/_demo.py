@@ -28,9 +28,9 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from ._market import Market
-from ._subscriber_core import Status, StatusEvent
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE
 from .book import BookDelta, OrderBook, OrderBookModel
+from .events import Status, StatusEvent
 from .publisher import Publisher
 from .subscriber import Subscriber
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
-from ._subscriber_core import StatusEvent, UpdateKind
+from .events import StatusEvent, UpdateKind
 
 __all__ = ["Callbacks", "Dispatcher", "LeafCallback", "StatusCallback"]
 

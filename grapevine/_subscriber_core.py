@@ -1,45 +1,51 @@
 """The subscriber's protocol logic, without sockets, threads or clocks (sans-I/O).
 
 Rule 1 (after h11): everything that decides what the replica holds and whether it can be
-trusted lives in this file. :class:`SubscriberCore` is driven by two calls that take the
-current time, :meth:`~SubscriberCore.receive` (one datagram's bytes) and
+trusted lives here. :class:`SubscriberCore` is driven by two calls that take the current
+time, :meth:`~SubscriberCore.receive` (one datagram's bytes) and
 :meth:`~SubscriberCore.poll` (timers), and reports through two lists it appends to:
 ``updates`` (plain tuples ``(leaf_id, kind, leaf, delta)``) and ``events``
-(:class:`StatusEvent`). Remote bad data never raises: it is counted.
+(:class:`~grapevine.StatusEvent`). Remote bad data never raises: it is counted.
 
-The algorithm is the one in protocol/SPEC.md, "Receiver algorithm":
+The algorithm is SPEC §12. Its mechanisms each live in their own module, with their own
+``_check()``: the reorder buffer (:mod:`._reorder`), the gap ledger and summary chain
+(:mod:`._gaps`), leaf-id coverage (:mod:`._coverage`) and snapshot reassembly
+(:mod:`._reassembly`). This module holds the leaves and the rules that tie them together.
 
-* stream sequence numbers order deltas; holes wait a reorder window, then become gaps;
-* leaf sequence numbers (CME's RptSeq) tell, per leaf, whether changes were missed;
-* after a gap every leaf is *suspect* until a delta or snapshot proves it untouched; a leaf
-  known to have missed changes is *stale* and buffers its deltas until a snapshot that
-  chains with them repairs it;
-* snapshots assert that no leaf exists in ``[range_start, leaf_id)``; the union of those
-  ranges tells when the whole leaf set is known, and removes leaves whose delete was lost;
-* TOUCHED summaries name the leaves each window of deltas changed; once consecutive
-  summaries cover a gap, exactly the listed leaves that missed changes go stale and every
-  other leaf is cleared of that gap at once (step (k) of the SPEC).
+**Never wrong, never stuck.** No datagram is believed on its own word where the stream can
+contradict it, and every belief is checked again by later evidence:
 
-Suspects cost O(1) per gap: each leaf records ``checked``, the number of gaps it has been
-verified against, and a leaf is suspect while ``checked`` is at or below the index of the
-newest gap no summary has resolved (``max_unresolved``). A histogram of ``checked`` keeps
-the count of suspects exact when summaries resolve gaps.
+* a sequence jump moves the stream only once two datagrams confirm it (``_reorder``), and a
+  stream position that every datagram of the session stays behind for the restart grace is
+  distrusted (a resync);
+* a DELTA at a new stream position must carry a new ``leaf_seq`` for its leaf; a datagram
+  whose new DELTAs all contradict the leaves is not of this stream position and is dropped;
+* every snapshot of a fresh leaf *verifies* it (same ``leaf_seq``: same encoding), and
+  absence claims never remove a fresh leaf on one claim: it goes stale, and only a later
+  claim removes it; a snapshot that contradicts a deletion or the known leaf set wins over
+  the older evidence;
+* a payload the model rejects makes its leaf stale (repaired by the cycle), never an
+  exception; END_OF_SESSION followed by more data of the session is not final.
+
+So within a bounded time after the last bad datagram (SPEC §12(l)) the replica is equal and
+synced again, whatever that datagram said.
 """
 
 from __future__ import annotations
 
-import enum
-import heapq
-import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple
+from typing import Any, Generic
 
 from sortedcontainers import SortedDict
 
 from . import wire
+from ._coverage import Coverage
 from ._errors import ConfigError, DecodeError
+from ._gaps import GapLedger, TouchedChain
+from ._reassembly import Reassembler
+from ._reorder import ReorderBuffer
 from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode
+from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 from .wire import DeltaFlag, SnapshotFlag
 
@@ -54,45 +60,13 @@ __all__ = [
 
 _MAX_ID = wire.MAX_LEAF_ID
 _ABSENT: Any = object()  # value of a leaf known to exist but not yet installed
-_MAX_CHAIN = 1 << 20  # leaves a chain of TOUCHED summaries may hold before it is dropped
-
-
-class UpdateKind(enum.IntEnum):
-    """What happened to a leaf, as delivered to leaf callbacks."""
-
-    CHANGED = 1  # a delta was applied (``delta`` is the decoded delta)
-    REPLACED = 2  # a snapshot was installed (initial sync or repair); ``delta`` is None
-    DELETED = 3  # the leaf no longer exists; ``leaf`` is None
-    CONFLATED = 4  # several changes, delivered late as one; read the leaf
-
+_RETIRED_SESSIONS = 16
+# Heartbeat intervals a receiver will learn from the stream: a forged interval can neither
+# make every pause look like a restart nor hide silence for long.
+_MIN_INTERVAL_S, _MAX_INTERVAL_S = 0.05, 30.0
+_LAG_WINDOW_S = 30.0  # the lag floor is the least delay seen over the last one or two
 
 CHANGED, REPLACED, DELETED = UpdateKind.CHANGED, UpdateKind.REPLACED, UpdateKind.DELETED
-
-
-class Status(enum.Enum):
-    """Status changes reported to status callbacks."""
-
-    SESSION_STARTED = "session started"  # first datagram of a publisher session
-    SYNCED = "synced"  # every leaf known and fresh
-    UNSYNCED = "unsynced"  # no longer synced (gap, silence, session end)
-    GAP = "gap"  # deltas [first_seq, end_seq) were lost; all leaves suspect
-    LEAF_STALE = "leaf stale"  # leaf_id missed changes; it waits for a snapshot
-    LEAF_REPAIRED = "leaf repaired"  # leaf_id was repaired from a snapshot
-    SILENT = "publisher silent"  # nothing heard for the silence timeout
-    RESUMED = "publisher resumed"  # heard again after SILENT
-    RESTARTED = "publisher restarted"  # a new session replaced the old: replica rebuilt
-    SESSION_ENDED = "session ended"  # the publisher stopped cleanly
-
-
-class StatusEvent(NamedTuple):
-    """One status change. Fields that do not apply to ``kind`` are None."""
-
-    kind: Status
-    time: float
-    leaf_id: int | None = None
-    first_seq: int | None = None
-    end_seq: int | None = None
-    session_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,17 +81,22 @@ class SubscriberConfig:
     max_buffered_deltas_per_leaf: int = 4096
     max_snapshot_bytes: int = 64 << 20
     max_reassemblies: int = 256
+    max_reassembly_bytes: int = 64 << 20  # bytes held by all partial snapshots together
+    max_deleted_remembered: int = 1 << 16  # deleted leaves whose leaf_seq is remembered
+    lag_warning_s: float | None = 1.0  # LAGGING when datagrams arrive this much late
 
     def __post_init__(self) -> None:
         if not 0 <= self.stream_id <= 0xFFFF_FFFF:
             raise ConfigError(f"stream_id {self.stream_id} is outside 0..2**32-1")
-        if self.reorder_window_s < 0 or self.reorder_window_datagrams < 1:
-            raise ConfigError("reorder window must be >= 0 s and >= 1 datagram")
-        for name in ("silence_timeout_s", "restart_grace_s"):
+        if self.reorder_window_s < 0 or self.reorder_window_datagrams < 2:
+            raise ConfigError("reorder window must be >= 0 s and >= 2 datagrams")
+        for name in ("silence_timeout_s", "restart_grace_s", "lag_warning_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.max_buffered_deltas_per_leaf < 1 or self.max_snapshot_bytes < 1:
+        if min(self.max_buffered_deltas_per_leaf, self.max_snapshot_bytes,
+               self.max_reassemblies, self.max_reassembly_bytes,
+               self.max_deleted_remembered) < 1:
             raise ConfigError("buffer limits must be positive")
 
 
@@ -131,10 +110,13 @@ class SubscriberStats:
     foreign_session: int = 0
     duplicate_datagrams: int = 0
     reordered_datagrams: int = 0
+    unconfirmed_datagrams: int = 0  # held ahead of a hole, never confirmed: dropped
+    inconsistent_datagrams: int = 0  # new DELTAs that all contradicted the leaves: dropped
     deltas: int = 0
     duplicate_deltas: int = 0
     snapshots: int = 0
     snapshots_used: int = 0  # snapshots that installed, repaired or proved a leaf
+    snapshots_verified: int = 0  # snapshots that matched a fresh leaf byte for byte
     installs: int = 0  # leaves first installed from a snapshot (startup, lost CREATE)
     heartbeats: int = 0
     unknown_messages: int = 0
@@ -148,7 +130,11 @@ class SubscriberStats:
     inferred_deletes: int = 0
     restarts: int = 0
     oversize_snapshots: int = 0
+    bad_fragments: int = 0  # reassemblies dropped: overlapping fragments disagreed
     buffer_overflows: int = 0
+    bad_payloads: int = 0  # payloads the model rejected (decode or apply raised)
+    divergences: int = 0  # evidence contradicted what the replica held as fresh
+    resyncs: int = 0  # the whole state was distrusted and rebuilt (resync events)
 
 
 class _Leaf:
@@ -159,59 +145,12 @@ class _Leaf:
     def __init__(self, value: Any, leaf_seq: int, checked: int, seen_seq: int) -> None:
         self.value = value
         self.leaf_seq = leaf_seq  # last change applied (0: none known)
-        self.checked = checked  # gaps this leaf is verified against
+        self.checked = checked  # gaps this leaf is verified against (see _gaps)
         self.seen_seq = seen_seq  # stream point at which the leaf is known to exist
         self.stale = False
         self.required = 0  # a repairing snapshot needs as_of_seq >= this
-        # Deltas held while stale: (leaf_seq, seq, flags, payload).
+        # Deltas held while stale: (leaf_seq, seq, flags, payload), in stream order.
         self.buffer: list[tuple[int, int, int, bytes]] | None = None
-
-
-class _Coverage:
-    """Union of leaf-id ranges asserted by snapshots: disjoint, sorted [lo, hi] pairs."""
-
-    __slots__ = ("ranges",)
-
-    def __init__(self) -> None:
-        self.ranges: SortedDict[int, int] = SortedDict()
-
-    def add(self, lo: int, hi: int) -> None:
-        ranges = self.ranges
-        index = ranges.bisect_right(lo) - 1
-        if index >= 0:
-            start = ranges.keys()[index]
-            end = ranges[start]
-            if end + 1 >= lo:
-                if end >= hi:
-                    return
-                lo = start
-                del ranges[start]
-        while True:
-            index = ranges.bisect_left(lo)
-            if index >= len(ranges):
-                break
-            start = ranges.keys()[index]
-            if start > hi + 1:
-                break
-            hi = max(hi, ranges.pop(start))
-        ranges[lo] = hi
-
-    @property
-    def complete(self) -> bool:
-        return self.ranges.get(0) == _MAX_ID
-
-    def clear(self) -> None:
-        self.ranges.clear()
-
-
-class _Reassembly:
-    __slots__ = ("buffer", "key", "offsets", "received")
-
-    def __init__(self, key: tuple[int, int], total: int) -> None:
-        self.key = key
-        self.buffer = bytearray(total)
-        self.offsets: set[int] = set()
-        self.received = 0
 
 
 class SubscriberCore(Generic[LeafT, DeltaT]):
@@ -230,14 +169,16 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.session_id: int | None = None
         self.synced = False
         self.silent = False
-        self.ended = False
         self.heartbeat_interval_s = 0.5
         self.last_heard = 0.0
         self.last_error: DecodeError | None = None
+        self.last_bad_payload: BaseException | None = None  # for the runtime's log
+        self.last_distrust: StatusEvent | None = None  # the latest divergence or resync
+        self.last_send_time_ns = 0  # publisher clock of the last datagram taken in order
+        self.lag_s = 0.0
+        self.lagging = False
         self._retired: list[int] = []
-        self.expected: int | None = None
-        self._pending: list[tuple[int, int, Decoded]] = []
-        self._arrival: Iterator[int] = itertools.count()
+        self._behind_since: float | None = None  # first datagram behind the position
         self._reset_session()
 
     # ------------------------------------------------------------------ public calls
@@ -268,42 +209,60 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.silent = False
             self._event(Status.RESUMED, now, session_id=self.session_id)
         if self.expected is None:
-            self.base = self.expected = datagram.sequence
-            self._coverage_from = datagram.sequence
+            self._anchor(datagram.sequence, now)
         sequence = datagram.sequence
-        if sequence > self.expected:
-            # A hole before this datagram: keep a private copy until the hole fills or expires.
-            if not self._pending:
-                self._hole_since = now
-            owned = decode(bytes(data))
-            heapq.heappush(self._pending, (sequence, next(self._arrival), owned))
-            self.stats.reordered_datagrams += 1
-            if len(self._pending) >= self.config.reorder_window_datagrams:
-                self._declare_gap(now)
+        expected = self.expected
+        assert expected is not None
+        if sequence > expected:
+            # A hole before this datagram: keep a private copy until the hole fills, or
+            # until company confirms it and it becomes a gap.
+            self._behind_since = None
+            raw = bytes(data)
+            kept = self._reorder.hold(raw, decode(raw), now)
+            if kept is True:
+                self.stats.reordered_datagrams += 1
+            elif kept is None:
+                self.stats.duplicate_datagrams += 1
+            else:
+                self.stats.unconfirmed_datagrams += 1
         else:
+            if sequence == expected:
+                self._behind_since = None
+            elif self._behind_since is None:
+                self._behind_since = now
+            elif now - self._behind_since >= self.restart_grace_s:
+                # Every datagram of the session has been behind our position for the
+                # restart grace: the position came from datagrams the stream never sent.
+                self._resync(now, f"the stream stayed behind sequence {expected} for "
+                                  f"{now - self._behind_since:.3f} s")
+                self._anchor(sequence, now)
             self._process(datagram, now)
-            if self._pending:
+            if self._reorder:
                 self._drain(now)
-        if self._pending and now - self._hole_since >= self.config.reorder_window_s:
-            self._declare_gap(now)
-        self._update_synced(now)
+        self._run_timers(now)
 
     def poll(self, now: float) -> None:
         """Run timers: expire reorder holes into gaps, detect publisher silence."""
-        if self._pending and now - self._hole_since >= self.config.reorder_window_s:
-            self._declare_gap(now)
         if (self.session_id is not None and not self.silent and not self.ended
                 and now - self.last_heard >= self.silence_timeout_s):
             self.silent = True
             self._event(Status.SILENT, now, session_id=self.session_id)
-        self._update_synced(now)
+        self._run_timers(now)
 
     def next_poll(self, now: float) -> float:
         """The latest time :meth:`poll` should run next."""
         deadline = now + max(self.silence_timeout_s / 4, 0.005)
-        if self._pending:
-            deadline = min(deadline, self._hole_since + self.config.reorder_window_s)
-        return deadline
+        hole = self._reorder.next_deadline(self.restart_grace_s)
+        return deadline if hole is None else min(deadline, hole)
+
+    def resync(self, now: float, reason: str = "requested") -> None:
+        """Distrust the whole replica and rebuild it from the stream (the session stays).
+
+        Every held leaf is reported DELETED and comes back from the snapshot cycle; the
+        replica is SYNCED again after one complete cycle.
+        """
+        self._resync(now, reason)
+        self._update_synced(now)
 
     @property
     def silence_timeout_s(self) -> float:
@@ -323,13 +282,18 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     @property
     def unverified(self) -> int:
         """Leaves that are stale or suspect (not fresh). O(1)."""
-        return self._stale_count + self._suspects
+        return self._stale_count + self._gaps.suspects
+
+    @property
+    def stale_count(self) -> int:
+        """Leaves known to have missed changes. O(1)."""
+        return self._stale_count
 
     def is_fresh(self, leaf_id: int) -> bool:
         """True if the leaf is installed, not stale and verified against every gap."""
         rec = self.leaves.get(leaf_id)
-        return (rec is not None and rec.value is not _ABSENT
-                and not self._is_unverified(rec))
+        return (rec is not None and rec.value is not _ABSENT and not rec.stale
+                and not self._gaps.is_suspect(rec.checked))
 
     def stale_leaves(self) -> list[int]:
         """Leaves known to have missed changes, waiting for a repairing snapshot. O(n)."""
@@ -337,8 +301,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def suspect_leaves(self) -> list[int]:
         """Leaves a gap may have touched, not yet proven either way. O(n)."""
+        is_suspect = self._gaps.is_suspect
         return [leaf_id for leaf_id, rec in self.leaves.items()
-                if not rec.stale and self._is_unverified(rec)]
+                if not rec.stale and is_suspect(rec.checked)]
 
     def values(self) -> dict[int, Any]:
         """A new dict of every installed leaf's value (fresh or not), by leaf id."""
@@ -361,51 +326,59 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """Assert the bookkeeping invariants (tests call this after every datagram)."""
         stale = [rec for rec in self.leaves.values() if rec.stale]
         assert self._stale_count == len(stale), (self._stale_count, len(stale))
-        counts: dict[int, int] = {}
+        self._gaps._check([rec.checked for rec in self.leaves.values() if not rec.stale])
+        expected = self.expected
         for rec in self.leaves.values():
-            if not rec.stale:
-                counts[rec.checked] = counts.get(rec.checked, 0) + 1
-            assert rec.checked <= self._gap_count
             assert (rec.buffer is not None) == rec.stale
             assert rec.value is not _ABSENT or rec.stale
-        assert counts == self._checked_counts, (counts, self._checked_counts)
-        suspects = sum(n for checked, n in counts.items() if checked <= self._max_unresolved)
-        assert self._suspects == suspects, (self._suspects, suspects)
-        assert self._max_unresolved == max(self._unresolved, default=-1)
-        assert all(index < self._gap_count for index in self._unresolved)
+            if rec.stale and expected is not None:
+                # A repair must always be possible from a snapshot of the current position.
+                assert rec.required <= expected, (rec.required, expected)
+            if rec.buffer:
+                assert len(rec.buffer) <= self.config.max_buffered_deltas_per_leaf
+        self._reorder._check(expected)
+        self._coverage._check()
+        self._reassembler._check()
+        assert len(self._gone) <= self.config.max_deleted_remembered
         if self.synced:
             assert self._leaf_set_known
             assert self.unverified == 0
+            assert not self.ended
+            assert not self.silent
 
     # ------------------------------------------------------------------ sessions
 
     def _reset_session(self) -> None:
-        self.expected = None
+        config = self.config
+        self.expected: int | None = None
         self.base = 0
-        self._pending = []
-        self._arrival = itertools.count()
-        self._hole_since = 0.0
-        self._gap_count = 0
-        self._last_gap_end = 0
-        # Gaps no summary has resolved: index -> (first_seq, end_seq).
-        self._unresolved: dict[int, tuple[int, int]] = {}
-        self._max_unresolved = -1
+        self.ended = False
+        self._ended_at = 0  # header sequence of the END_OF_SESSION taken
+        self._behind_since = None
+        self._reorder = ReorderBuffer(window_s=config.reorder_window_s,
+                                      window_datagrams=config.reorder_window_datagrams)
+        self._gaps = GapLedger()
+        self._chain = TouchedChain()
         # Leaf-set coverage set aside at the first unresolved gap, restored if summaries
         # resolve every gap since (None once a gap is given up on).
-        self._saved_coverage: tuple[_Coverage, int, bool] | None = None
-        self._chain: dict[int, int] = {}
-        self._chain_from = self._chain_to = -1
-        self._checked_counts: dict[int, int] = {}  # non-stale leaves by `checked`
-        self._counts_changed = False  # since the last look for gaps to give up
-        self._suspects = 0
+        self._saved_coverage: tuple[Coverage, int, bool] | None = None
         self._stale_count = 0
-        self._coverage = _Coverage()
+        self._coverage = Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
-        self._deleted: dict[int, int] = {}
-        self._reassembly: dict[int, _Reassembly] = {}
+        # Leaves known absent: leaf_id -> (leaf_seq they had, first sequence they are
+        # absent at). Stops an older snapshot resurrecting them.
+        self._gone: dict[int, tuple[int, int]] = {}
+        self._reassembler = Reassembler(max_snapshot_bytes=config.max_snapshot_bytes,
+                                        max_total_bytes=config.max_reassembly_bytes,
+                                        max_partials=config.max_reassemblies)
         self._publisher_leaf_count = 0
-        self.ended = False
+        self._lag_floor = self._lag_floor_previous = float("inf")
+        self._lag_window_start = 0.0
+
+    def _anchor(self, sequence: int, now: float) -> None:
+        self.base = self.expected = sequence
+        self._coverage_from = sequence
 
     def _switch_session(self, datagram: Decoded, now: float) -> bool:
         new = datagram.session_id
@@ -415,16 +388,16 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.last_heard = now
             self._event(Status.SESSION_STARTED, now, session_id=new)
             return True
-        if new in self._retired:
+        quiet = now - self.last_heard >= self.restart_grace_s
+        # END_OF_SESSION lets a new session in at once; a session left before comes back
+        # only after the followed one fell silent (a forged END_OF_SESSION and a forged
+        # session must not lock the real one out for good).
+        if not (quiet or (self.ended and new not in self._retired)):
             return False
-        if not self.ended and now - self.last_heard < self.restart_grace_s:
-            return False  # the followed session is alive: this is a stranger
-        self._retired.append(old)
-        del self._retired[:-16]
-        for leaf_id, rec in self.leaves.items():
-            if rec.value is not _ABSENT:
-                self.updates.append((leaf_id, DELETED, None, None))
-        self.leaves.clear()
+        if old not in self._retired:
+            self._retired.append(old)
+            del self._retired[:-_RETIRED_SESSIONS]
+        self._clear_replica()
         self._reset_session()
         self.session_id = new
         self.silent = False
@@ -432,39 +405,67 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._event(Status.RESTARTED, now, session_id=new)
         return True
 
+    def _clear_replica(self) -> None:
+        for leaf_id, rec in self.leaves.items():
+            if rec.value is not _ABSENT:
+                self.updates.append((leaf_id, DELETED, None, None))
+        self.leaves.clear()
+
+    def _resync(self, now: float, reason: str) -> None:
+        self.stats.resyncs += 1
+        self._clear_replica()
+        self._reset_session()
+        self._distrust(Status.RESYNC, now, reason)
+
+    def _distrust(self, kind: Status, now: float, reason: str,
+                  leaf_id: int | None = None) -> None:
+        if kind is Status.LEAF_DIVERGED:
+            self.stats.divergences += 1
+        event = StatusEvent(kind, now, leaf_id=leaf_id, session_id=self.session_id,
+                            reason=reason)
+        self.last_distrust = event
+        self.events.append(event)
+
     # ------------------------------------------------------------------ sequencing
 
-    def _drain(self, now: float) -> None:
-        pending = self._pending
-        while pending and self.expected is not None and pending[0][0] <= self.expected:
-            _, _, datagram = heapq.heappop(pending)
-            self._process(datagram, now)
-        if pending:
-            self._hole_since = now
+    def _run_timers(self, now: float) -> None:
+        reorder = self._reorder
+        if reorder:
+            dropped = reorder.drop_unconfirmed(now, self.restart_grace_s)
+            if dropped:
+                self.stats.unconfirmed_datagrams += dropped
+            end = reorder.gap_end(now)
+            while end is not None:
+                self._declare_gap(end, now)
+                end = reorder.gap_end(now)
+        self._update_synced(now)
 
-    def _declare_gap(self, now: float) -> None:
+    def _drain(self, now: float) -> None:
+        reorder = self._reorder
+        while self.expected is not None:
+            datagram = reorder.pop_ready(self.expected)
+            if datagram is None:
+                break
+            self._process(datagram, now)
+        reorder.restart_timer(now)
+
+    def _declare_gap(self, end: int, now: float) -> None:
         first = self.expected
         assert first is not None
-        end = self._pending[0][0]
-        index = self._gap_count
-        self._gap_count += 1
-        self._last_gap_end = end
-        self.expected = end
-        self.stats.gaps += 1
-        self.stats.missed_deltas += end - first
-        # Every leaf may have been touched; the leaf set may have changed. What the receiver
-        # knew of the leaf set is set aside: a summary covering the gaps can restore it.
-        if not self._unresolved:
+        assert end > first
+        gaps = self._gaps
+        if not gaps.unresolved:
             self._saved_coverage = (self._coverage, self._coverage_from, self._leaf_set_known)
         elif self._saved_coverage is not None:
             # Ranges gathered between unresolved gaps hold too if those gaps resolve.
-            saved = self._saved_coverage[0]
-            for lo, hi in self._coverage.ranges.items():
-                saved.add(lo, hi)
-        self._unresolved[index] = (first, end)
-        self._max_unresolved = index
-        self._suspects = len(self.leaves) - self._stale_count
-        self._coverage = _Coverage()
+            self._saved_coverage[0].merge(self._coverage)
+        gaps.declare(first, end)
+        self.expected = end
+        self._behind_since = None
+        self.stats.gaps += 1
+        self.stats.missed_deltas += end - first
+        # Every leaf may have been touched; the leaf set may have changed.
+        self._coverage = Coverage()
         self._coverage_from = end
         self._leaf_set_known = False
         self._event(Status.GAP, now, first_seq=first, end_seq=end)
@@ -478,37 +479,68 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         decode_delta = self.model.decode_delta
         apply = self.model.apply
         append_update = self.updates.append
-        gaps = self._gap_count
+        gaps = self._gaps.count
         duplicates = applied = 0
+        consistent = False  # some new DELTA agreed with the leaves
+        if self.ended and datagram.sequence >= self._ended_at and not any(
+                type(message) is EndOfSession for message in datagram.messages):
+            # More data of a session that said it ended: the END_OF_SESSION was not final.
+            self.ended = False
+            self._event(Status.RESUMED, now, session_id=self.session_id,
+                        reason="data after END_OF_SESSION")
+        in_order = datagram.sequence >= expected
+        first_new = expected
         for message in datagram.messages:
             if type(message) is Delta:
                 seq, leaf_id, leaf_seq, flags, payload = message
                 if seq < expected:
                     duplicates += 1
                     continue
-                expected = seq + 1  # == expected before: datagrams are processed in order
-                applied += 1
                 rec = leaves_get(leaf_id)
                 if (rec is not None and leaf_seq == rec.leaf_seq + 1 and not flags
                         and rec.checked == gaps and not rec.stale):
                     # Hot path, inlined: the next change of a verified leaf.
-                    change = decode_delta(payload)  # type: ignore[arg-type]
-                    value = rec.value = apply(rec.value, change)
-                    rec.leaf_seq = leaf_seq
-                    rec.seen_seq = seq
-                    append_update((leaf_id, CHANGED, value, change))
+                    try:
+                        change = decode_delta(payload)  # type: ignore[arg-type]
+                        value = rec.value = apply(rec.value, change)
+                    except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+                        self._bad_delta(rec, leaf_id, seq, exc, now)
+                    else:
+                        rec.leaf_seq = leaf_seq
+                        rec.seen_seq = seq
+                        append_update((leaf_id, CHANGED, value, change))
+                    consistent = True
                 else:
-                    self._on_delta_slow(rec, message)
-            elif type(message) is Snapshot:
+                    self.expected = seq
+                    verdict = self._on_delta_slow(rec, message, now)
+                    if verdict is False:
+                        if not consistent and self._all_contradict(datagram, seq):
+                            # Not this stream position's DELTAs (a replayed or re-sequenced
+                            # copy): drop the datagram and keep the position.
+                            stats.inconsistent_datagrams += 1
+                            self.expected = first_new
+                            stats.deltas += applied
+                            return
+                        self._contradicted_leaf(leaf_id, message, now)
+                    consistent = consistent or verdict is True
+                expected = seq + 1
+                applied += 1
+                continue
+            self.expected = expected
+            if type(message) is Snapshot:
                 self._on_snapshot(message, now)
             elif type(message) is Heartbeat:
                 stats.heartbeats += 1
-                if message.interval_ms:
-                    self.heartbeat_interval_s = message.interval_ms / 1000
+                if message.interval_ms and in_order:
+                    self.heartbeat_interval_s = min(max(message.interval_ms / 1000,
+                                                        _MIN_INTERVAL_S), _MAX_INTERVAL_S)
             elif type(message) is Touched:
                 self._on_touched(message, now)
             elif type(message) is EndOfSession:
-                self._on_end_of_session(now)
+                if in_order and not self.ended:
+                    self.ended = True
+                    self._ended_at = datagram.sequence
+                    self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
             else:
                 stats.unknown_messages += 1
         self.expected = expected
@@ -517,212 +549,255 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             stats.duplicate_deltas += duplicates
             if not applied:
                 stats.duplicate_datagrams += 1
+        if in_order and datagram.send_time_ns:
+            self._measure_lag(datagram.send_time_ns, now)
+
+    def _all_contradict(self, datagram: Decoded, from_seq: int) -> bool:
+        """True if no DELTA of ``datagram`` at or after ``from_seq`` agrees with a leaf."""
+        return not any(type(message) is Delta and message.seq > from_seq
+                       and self._delta_agrees(message) is True
+                       for message in datagram.messages)
+
+    def _delta_agrees(self, delta: Delta) -> bool | None:
+        """Whether a new DELTA's leaf_seq fits what is held (None: nothing to compare)."""
+        rec = self.leaves.get(delta.leaf_id)
+        if rec is not None:
+            if rec.stale:
+                return None
+            return delta.leaf_seq > rec.leaf_seq
+        gone = self._gone.get(delta.leaf_id)
+        return None if gone is None else delta.leaf_seq > gone[0]
 
     # ------------------------------------------------------------------ deltas
 
-    def _on_delta_slow(self, rec: _Leaf | None, delta: Delta) -> None:
+    def _on_delta_slow(self, rec: _Leaf | None, delta: Delta, now: float) -> bool | None:
+        """Apply a DELTA off the hot path. Returns True if its leaf_seq agreed with a held
+        leaf, False if it contradicted one (a leaf_seq already seen, at a new stream
+        position), None if there was nothing to compare with."""
         leaf_id = delta.leaf_id
         flags = delta.flags
-        known = rec.leaf_seq if rec is not None else self._deleted.get(leaf_id, 0)
-        if delta.leaf_seq <= known:
-            self.stats.duplicate_deltas += 1
-            return
+        if rec is not None:
+            # A stale leaf's own leaf_seq is not trusted to judge the stream: its deltas
+            # are buffered and the repair sorts them out.
+            if delta.leaf_seq <= rec.leaf_seq and not rec.stale:
+                return False
+        else:
+            gone = self._gone.get(leaf_id)
+            if gone is not None and delta.leaf_seq <= gone[0]:
+                return False
+        model = self.model
         if flags & DeltaFlag.DELETE:
             # The leaf does not exist after this delta, whatever we missed before it.
-            self._deleted[leaf_id] = delta.leaf_seq
-            if rec is not None:
-                self._remove(leaf_id, rec)
-            return
-        model = self.model
+            self._forget(leaf_id, delta.leaf_seq, delta.seq + 1)
+            if rec is None:
+                return None
+            self._remove(leaf_id, rec)
+            return True
         if flags & DeltaFlag.CREATE:
             # Applied to an empty leaf: complete on its own, whatever we missed before it.
-            change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
-            value = model.apply(model.new_leaf(), change)
-            self._deleted.pop(leaf_id, None)
+            try:
+                change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
+                value = model.apply(model.new_leaf(), change)
+            except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+                if rec is None:
+                    rec = self._new_unknown_leaf(leaf_id, required=delta.seq + 1,
+                                                 seen_seq=delta.seq)
+                self._bad_delta(rec, leaf_id, delta.seq, exc, now)
+                return None
+            self._gone.pop(leaf_id, None)
             if rec is None:
-                rec = _Leaf(value, delta.leaf_seq, self._gap_count, delta.seq)
+                rec = _Leaf(value, delta.leaf_seq, self._gaps.count, delta.seq)
                 self.leaves[leaf_id] = rec
-                self._track(rec)
+                self._gaps.track(rec.checked)
             else:
-                self._mark_verified(rec)
+                self._mark_verified(rec, self._gaps.count)
                 rec.value = value
                 rec.leaf_seq = delta.leaf_seq
                 rec.seen_seq = delta.seq
             self.updates.append((leaf_id, CHANGED, value, change))
-            return
+            return True
         if rec is None:
             # A change to a leaf we do not hold: it waits for a snapshot.
             rec = self._new_unknown_leaf(leaf_id, required=delta.seq, seen_seq=delta.seq)
             self._buffer(rec, delta)
-            return
+            return None
         if rec.stale:
             self._buffer(rec, delta)
-            return
+            return None
         if delta.leaf_seq == rec.leaf_seq + 1:
             # The next change of a suspect leaf proves it untouched by the gaps (or a
             # reserved flag bit we ignore): apply it as a normal change.
-            if self._is_suspect(rec):
+            if self._gaps.is_suspect(rec.checked):
                 self.stats.suspects_proven += 1
-            self._mark_verified(rec)
-            change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
-            rec.value = model.apply(rec.value, change)
+            self._mark_verified(rec, self._gaps.count)
+            try:
+                change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
+                rec.value = model.apply(rec.value, change)
+            except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+                self._bad_delta(rec, leaf_id, delta.seq, exc, now)
+                return True
             rec.leaf_seq = delta.leaf_seq
             rec.seen_seq = delta.seq
             self.updates.append((leaf_id, CHANGED, rec.value, change))
-            return
+            return True
         # leaf_seq jumped: this leaf missed changes. A repair must reflect everything
         # before this delta.
-        self._make_stale(rec, leaf_id, required=delta.seq, now=self.last_heard)
+        self._make_stale(rec, leaf_id, required=delta.seq, now=now)
         self._buffer(rec, delta)
+        return True
 
-    # ------------------------------------------------------------------ verification
-    # Every non-stale leaf is counted in _checked_counts under its `checked`; a leaf is
-    # suspect while checked <= _max_unresolved. These helpers keep the counts exact.
+    def _contradicted_leaf(self, leaf_id: int, delta: Delta, now: float) -> None:
+        """A DELTA at a new stream position repeats a leaf_seq the leaf already had, while
+        other DELTAs of its datagram fit: the leaf's own record is what is wrong."""
+        rec = self.leaves.get(leaf_id)
+        if rec is None:
+            # A remembered deletion the stream contradicts: forget it, take the DELTA.
+            self._gone.pop(leaf_id, None)
+            self._distrust(Status.LEAF_DIVERGED, now, "a DELTA contradicts its deletion",
+                           leaf_id)
+            self._on_delta_slow(None, delta, now)
+            return
+        self._distrust(Status.LEAF_DIVERGED, now,
+                       f"a new DELTA repeats leaf_seq {delta.leaf_seq}", leaf_id)
+        self._make_stale(rec, leaf_id, required=delta.seq + 1, now=now)
 
-    def _is_suspect(self, rec: _Leaf) -> bool:
-        return not rec.stale and rec.checked <= self._max_unresolved
-
-    def _is_unverified(self, rec: _Leaf) -> bool:
-        return rec.stale or rec.checked <= self._max_unresolved
-
-    def _track(self, rec: _Leaf) -> None:
-        counts = self._checked_counts
-        counts[rec.checked] = counts.get(rec.checked, 0) + 1
-        if rec.checked <= self._max_unresolved:
-            self._suspects += 1
-
-    def _untrack(self, rec: _Leaf) -> None:
-        self._counts_changed = True  # the lowest `checked` may have risen
-        counts = self._checked_counts
-        left = counts[rec.checked] - 1
-        if left:
-            counts[rec.checked] = left
+    def _bad_delta(self, rec: _Leaf, leaf_id: int, seq: int, exc: BaseException,
+                   now: float) -> None:
+        """The model rejected a DELTA: the leaf's value is unknown from here on; a repair
+        must reflect this delta too."""
+        self.stats.bad_payloads += 1
+        self.last_bad_payload = exc
+        if rec.stale:
+            assert rec.buffer is not None
+            rec.buffer.clear()
+            rec.required = max(rec.required, seq + 1)
         else:
-            del counts[rec.checked]
-        if rec.checked <= self._max_unresolved:
-            self._suspects -= 1
+            self._make_stale(rec, leaf_id, required=seq + 1, now=now)
 
     def _new_unknown_leaf(self, leaf_id: int, *, required: int, seen_seq: int) -> _Leaf:
         """A leaf known to exist whose value waits for a snapshot (stale, not shown)."""
-        rec = _Leaf(_ABSENT, 0, self._gap_count, seen_seq)
+        rec = _Leaf(_ABSENT, 0, self._gaps.count, seen_seq)
         rec.stale, rec.required, rec.buffer = True, required, []
         self.leaves[leaf_id] = rec
         self._stale_count += 1
         return rec
 
     def _make_stale(self, rec: _Leaf, leaf_id: int, *, required: int, now: float) -> None:
-        """A held, non-stale leaf missed changes: announce it and wait for a repair."""
-        self._untrack(rec)
+        """A held leaf must be repaired by a snapshot as of ``required`` or later."""
+        if rec.stale:
+            rec.required = max(rec.required, required)
+            return
+        self._gaps.untrack(rec.checked)
         self._stale_count += 1
         rec.stale, rec.required, rec.buffer = True, required, []
-        self.stats.leaves_made_stale += 1
-        self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
+        if rec.value is not _ABSENT:
+            self.stats.leaves_made_stale += 1
+            self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
 
     def _buffer(self, rec: _Leaf, delta: Delta) -> None:
         buffer = rec.buffer
         assert buffer is not None
-        rec.seen_seq = delta.seq
+        rec.seen_seq = max(rec.seen_seq, delta.seq)
         if len(buffer) >= self.config.max_buffered_deltas_per_leaf:
             # Forget the buffer; the repair must then reflect this delta too.
             buffer.clear()
-            rec.required = delta.seq + 1
+            rec.required = max(rec.required, delta.seq + 1)
             self.stats.buffer_overflows += 1
             return
         buffer.append((delta.leaf_seq, delta.seq, delta.flags, bytes(delta.payload)))
 
-    def _mark_verified(self, rec: _Leaf) -> None:
+    def _mark_verified(self, rec: _Leaf, checked: int) -> None:
+        """The leaf is right as of a point after the first ``checked`` gaps."""
         if rec.stale:
             self._stale_count -= 1
             rec.stale = False
             rec.buffer = None
         else:
-            self._untrack(rec)
-        rec.checked = self._gap_count
-        self._track(rec)
+            self._gaps.untrack(rec.checked)
+            checked = max(checked, rec.checked)
+        rec.checked = checked
+        self._gaps.track(checked)
 
     def _remove(self, leaf_id: int, rec: _Leaf) -> None:
         if rec.stale:
             self._stale_count -= 1
         else:
-            self._untrack(rec)
+            self._gaps.untrack(rec.checked)
         del self.leaves[leaf_id]
-        self._deleted[leaf_id] = max(self._deleted.get(leaf_id, 0), rec.leaf_seq)
         if rec.value is not _ABSENT:
             self.updates.append((leaf_id, DELETED, None, None))
+
+    def _forget(self, leaf_id: int, leaf_seq: int, absent_from: int) -> None:
+        """Remember that the leaf, last at ``leaf_seq``, is absent from ``absent_from`` on."""
+        gone = self._gone
+        gone.pop(leaf_id, None)
+        gone[leaf_id] = (leaf_seq, absent_from)
+        if len(gone) > self.config.max_deleted_remembered:
+            del gone[next(iter(gone))]  # the oldest; a snapshot can still correct it
 
     # ------------------------------------------------------------------ summaries
 
     def _on_touched(self, touched: Touched, now: float) -> None:
-        """Extend the chain of consecutive summaries; resolve the gaps it covers."""
+        """Extend the chain of consecutive summaries; resolve the gaps it covers; check
+        the fresh leaves it names."""
         self.stats.touched_summaries += 1
-        if self._chain_from <= touched.first_seq and touched.end_seq <= self._chain_to:
-            return  # a duplicate (or a window already in the chain)
-        if (touched.first_seq == self._chain_to and self._unresolved
-                and len(self._chain) < _MAX_CHAIN):
-            self._chain.update(touched.entries)
-            self._chain_to = touched.end_seq
-        else:
-            # A new chain; with no gap to resolve, the latest window is all it needs.
-            self._chain = dict(touched.entries)
-            self._chain_from, self._chain_to = touched.first_seq, touched.end_seq
-        if self._unresolved:
-            covered = [index for index, (first, end) in self._unresolved.items()
-                       if first >= self._chain_from and end <= self._chain_to]
+        gaps = self._gaps
+        if not self._chain.add(touched, extend=bool(gaps.unresolved)):
+            return
+        self._check_touched(touched, now)
+        if gaps.unresolved:
+            chain = self._chain
+            covered = [index for index, (first, end) in gaps.unresolved.items()
+                       if chain.covers(first, end)]
             if covered:
                 self._resolve(covered, now)
+
+    def _check_touched(self, touched: Touched, now: float) -> None:
+        """A summary is evidence too: a fresh leaf it lists must hold at least the listed
+        leaf_seq, since every DELTA of the window is behind the stream position."""
+        leaves = self.leaves
+        gaps = self._gaps
+        for leaf_id, listed in touched.entries:
+            rec = leaves.get(leaf_id)
+            if (rec is not None and not rec.stale and rec.leaf_seq < listed
+                    and not gaps.is_suspect(rec.checked)):
+                self._distrust(Status.LEAF_DIVERGED, now,
+                               f"a summary lists leaf_seq {listed} > {rec.leaf_seq}", leaf_id)
+                self._make_stale(rec, leaf_id, required=touched.end_seq, now=now)
 
     def _resolve(self, covered: list[int], now: float) -> None:
         """The chain names every leaf the covered gaps may have touched: act on exactly
         those; every other leaf is thereby proven untouched by them, at once."""
-        end = self._chain_to
+        end = self._chain.end
+        gaps = self._gaps
+        # A leaf that holds its listed change is current as of `end`: proven against the
+        # gaps that end by then, never against a later one (SPEC §12(k)).
+        proven = gaps.proven_upto(end)
         leaves = self.leaves
-        for leaf_id, listed in self._chain.items():
+        for leaf_id, listed in self._chain.entries.items():
             rec = leaves.get(leaf_id)
             if rec is None:
-                if listed > self._deleted.get(leaf_id, 0):
+                gone = self._gone.get(leaf_id)
+                if gone is None or listed > gone[0]:
                     # Created (or changed) in a gap and never seen: wait for its snapshot.
                     self._new_unknown_leaf(leaf_id, required=end, seen_seq=end - 1)
             elif rec.stale:
                 rec.required = max(rec.required, end)  # its repair must cover the gaps
             elif rec.leaf_seq >= listed:
-                # It holds the publisher's change `listed`: current as of `end`.
-                if rec.checked != self._gap_count:
-                    self._mark_verified(rec)
+                if rec.checked < proven:
+                    self._mark_verified(rec, proven)
             else:
                 self._make_stale(rec, leaf_id, required=end, now=now)
-        for index in covered:
-            del self._unresolved[index]
+        gaps.resolve(covered)
         self.stats.gaps_resolved += len(covered)
-        self._set_max_unresolved(max(self._unresolved, default=-1))
-        if not self._unresolved and self._saved_coverage is not None:
+        if not gaps.unresolved and self._saved_coverage is not None:
             # Every gap since the coverage was set aside is resolved, and the CREATEs they
             # hid are now unknown stale leaves: what was known of the leaf set holds again.
             coverage, coverage_from, known = self._saved_coverage
-            for lo, hi in self._coverage.ranges.items():
-                coverage.add(lo, hi)
+            coverage.merge(self._coverage)
             self._coverage, self._coverage_from = coverage, coverage_from
             self._leaf_set_known = known or coverage.complete
             self._saved_coverage = None
-
-    def _set_max_unresolved(self, value: int) -> None:
-        if value != self._max_unresolved:
-            self._max_unresolved = value
-            self._suspects = sum(count for checked, count in self._checked_counts.items()
-                                 if checked <= value)
-
-    def _forget_irrelevant_gaps(self) -> None:
-        """Drop unresolved gaps no leaf is suspect for any more (all proven one by one).
-
-        The CREATEs such a gap may have hidden stay unknown, so the coverage set aside
-        for a summary to restore is dropped as well.
-        """
-        lowest = min(self._checked_counts, default=self._gap_count)
-        stale = [index for index in self._unresolved if index < lowest]
-        if stale:
-            for index in stale:
-                del self._unresolved[index]
-            self._saved_coverage = None
-            self._set_max_unresolved(max(self._unresolved, default=-1))
 
     # ------------------------------------------------------------------ snapshots
 
@@ -730,7 +805,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.stats.snapshots += 1
         payload: memoryview | bytes = snap.payload
         if snap.total_length != len(payload):
-            assembled = self._reassemble(snap)
+            reassembler = self._reassembler
+            oversize, inconsistent = reassembler.oversize, reassembler.inconsistent
+            assembled = reassembler.add(snap.leaf_id, snap.leaf_seq, snap.as_of_seq,
+                                        snap.total_length, snap.fragment_offset, payload)
+            self.stats.oversize_snapshots += reassembler.oversize - oversize
+            self.stats.bad_fragments += reassembler.inconsistent - inconsistent
             if assembled is None:
                 return
             payload = assembled
@@ -740,65 +820,128 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         last = snap.flags & SnapshotFlag.LAST
         # The range assertions: no leaf in [range_start, leaf_id) (nor above it if LAST).
         if self.leaves:
-            self._assert_absent(snap.range_start, leaf_id, as_of, inclusive_hi=False)
+            self._assert_absent(snap.range_start, leaf_id, as_of, now, inclusive_hi=False)
             if last and leaf_id < _MAX_ID:
-                self._assert_absent(leaf_id + 1, _MAX_ID, as_of, inclusive_hi=True)
-        if not self._leaf_set_known and as_of >= self._coverage_from:
+                self._assert_absent(leaf_id + 1, _MAX_ID, as_of, now, inclusive_hi=True)
+        known_before = self._leaf_set_known  # before this snapshot's own range counts
+        if not known_before and as_of >= self._coverage_from:
             self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id)
             if self._coverage.complete:
                 self._leaf_set_known = True
         if snap.flags & SnapshotFlag.DELETED:
             rec = self.leaves.get(leaf_id)
-            if rec is not None and rec.seen_seq < as_of:
-                self.stats.inferred_deletes += 1
-                self._remove(leaf_id, rec)
+            if rec is not None:
+                self._assert_absent(leaf_id, leaf_id, as_of, now, inclusive_hi=True)
             return
         rec = self.leaves.get(leaf_id)
-        gaps = self._gap_count
         if rec is None:
-            if self._deleted.get(leaf_id, -1) >= snap.leaf_seq:
-                return  # older than a delete we applied
-            if as_of < max(self.base, self._last_gap_end):
-                return  # changes after as_of may have been lost: not provably current
-            value = self.model.decode_leaf(memoryview(payload))
-            rec = self.leaves[leaf_id] = _Leaf(value, snap.leaf_seq, gaps, as_of - 1)
-            self._track(rec)
-            self._deleted.pop(leaf_id, None)
-            self.stats.snapshots_used += 1
-            self.stats.installs += 1
-            self.updates.append((leaf_id, REPLACED, value, None))
+            self._install(leaf_id, snap, payload, now, leaf_set_known=known_before)
+        elif rec.stale:
+            self._repair(leaf_id, rec, snap, payload, now)
+        else:
+            self._verify(leaf_id, rec, snap, payload, now)
+
+    def _install(self, leaf_id: int, snap: Snapshot, payload: memoryview | bytes,
+                 now: float, *, leaf_set_known: bool) -> None:
+        """A snapshot of a leaf not held: install it if it is provably current."""
+        as_of = snap.as_of_seq
+        gone = self._gone.get(leaf_id)
+        if gone is not None:
+            if as_of < gone[1]:
+                return  # older than the deletion we know of
+            if snap.leaf_seq <= gone[0]:
+                # The leaf exists after its deletion with no newer change: one of the two
+                # claims is false, and the later one wins.
+                self._distrust(Status.LEAF_DIVERGED, now,
+                               "a snapshot contradicts the leaf's deletion", leaf_id)
+        if as_of < max(self.base, self._gaps.last_end):
+            return  # changes after as_of may have been lost: not provably current
+        value = self._decode_leaf(payload)
+        if value is _ABSENT:
             return
-        if not rec.stale:
-            if not self._is_unverified(rec) or as_of < self._last_gap_end:
-                return  # verified leaves ignore snapshots; too old to prove anything
-            if snap.leaf_seq == rec.leaf_seq:
-                self._mark_verified(rec)
-                self.stats.suspects_proven += 1
-            elif snap.leaf_seq > rec.leaf_seq:
-                self._mark_verified(rec)
-                rec.value = self.model.decode_leaf(memoryview(payload))
-                rec.leaf_seq = snap.leaf_seq
-                rec.seen_seq = max(rec.seen_seq, as_of - 1)
-                self.stats.snapshots_used += 1
-                self.updates.append((leaf_id, REPLACED, rec.value, None))
+        if leaf_set_known and gone is None:
+            # Every id was asserted absent or held since the last gap, and no CREATE of
+            # this leaf was seen: the leaf-set knowledge was wrong. Rebuild it.
+            self._distrust(Status.LEAF_DIVERGED, now,
+                           "a snapshot shows a leaf the known leaf set lacks", leaf_id)
+            self._forget_leaf_set()
+        rec = self.leaves[leaf_id] = _Leaf(value, snap.leaf_seq, self._gaps.count, as_of - 1)
+        self._gaps.track(rec.checked)
+        self._gone.pop(leaf_id, None)
+        self.stats.snapshots_used += 1
+        self.stats.installs += 1
+        self.updates.append((leaf_id, REPLACED, value, None))
+
+    def _verify(self, leaf_id: int, rec: _Leaf, snap: Snapshot,
+                payload: memoryview | bytes, now: float) -> None:
+        """A snapshot of a held, non-stale leaf: prove a suspect, check a fresh one."""
+        suspect = self._gaps.is_suspect(rec.checked)
+        if suspect and snap.as_of_seq < self._gaps.last_end:
+            return  # too old to prove anything about the last gap
+        if snap.leaf_seq < rec.leaf_seq:
+            if snap.as_of_seq > rec.seen_seq and not suspect:
+                # The publisher had an older leaf_seq after we applied ours: one of them
+                # is false. Distrust ours; a later snapshot repairs it.
+                self._distrust(Status.LEAF_DIVERGED, now,
+                               f"a snapshot at leaf_seq {snap.leaf_seq} is behind the leaf",
+                               leaf_id)
+                self._make_stale(rec, leaf_id, required=snap.as_of_seq, now=now)
             return
-        # A stale leaf: repair it if this snapshot reflects all it missed and chains with
-        # the deltas it buffered since.
-        if as_of < rec.required or (rec.checked != gaps and as_of < self._last_gap_end):
+        if snap.leaf_seq == rec.leaf_seq:
+            if self._same_encoding(rec.value, payload):
+                self.stats.snapshots_verified += 1
+                if suspect:
+                    self.stats.suspects_proven += 1
+                    self._mark_verified(rec, self._gaps.proven_upto(snap.as_of_seq))
+                return
+            reason = f"the snapshot at leaf_seq {snap.leaf_seq} differs from the leaf"
+        else:
+            reason = f"a snapshot at leaf_seq {snap.leaf_seq} is ahead of the leaf"
+        value = self._decode_leaf(payload)
+        if value is _ABSENT:
+            self._make_stale(rec, leaf_id, required=snap.as_of_seq, now=now)
             return
-        buffer = rec.buffer or []
-        chain = [item for item in buffer if item[0] > snap.leaf_seq]
+        if not suspect:
+            self._distrust(Status.LEAF_DIVERGED, now, reason, leaf_id)
+        self._mark_verified(rec, self._gaps.proven_upto(snap.as_of_seq))
+        rec.value = value
+        rec.leaf_seq = snap.leaf_seq
+        rec.seen_seq = max(rec.seen_seq, snap.as_of_seq - 1)
+        self.stats.snapshots_used += 1
+        self.updates.append((leaf_id, REPLACED, value, None))
+
+    def _repair(self, leaf_id: int, rec: _Leaf, snap: Snapshot, payload: memoryview | bytes,
+                now: float) -> None:
+        """A stale leaf: repair it if this snapshot reflects all it missed and chains with
+        the deltas it buffered since."""
+        as_of = snap.as_of_seq
+        if as_of < rec.required or (rec.checked != self._gaps.count
+                                    and as_of < self._gaps.last_end):
+            return
+        # Buffered deltas before as_of are in the snapshot; those after it must continue
+        # it without a hole. (A buffered entry that fits neither is not the stream's.)
+        chain = [item for item in rec.buffer or () if item[1] >= as_of and item[0] > snap.leaf_seq]
         next_leaf_seq = snap.leaf_seq + 1
         for item in chain:
             if item[0] != next_leaf_seq:
                 return  # a change between the snapshot and the buffer is missing
             next_leaf_seq += 1
         model = self.model
-        value = model.decode_leaf(memoryview(payload))
-        for _, _, _, delta_payload in chain:
-            value = model.apply(value, model.decode_delta(memoryview(delta_payload)))
+        value = self._decode_leaf(payload)
+        if value is _ABSENT:
+            return
+        try:
+            for _, _, _, delta_payload in chain:
+                value = model.apply(value, model.decode_delta(memoryview(delta_payload)))
+        except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+            self.stats.bad_payloads += 1
+            self.last_bad_payload = exc
+            assert rec.buffer is not None
+            rec.required = max(rec.required, rec.buffer[-1][1] + 1)
+            rec.buffer.clear()
+            return
         announced = rec.value is not _ABSENT
-        self._mark_verified(rec)
+        self._mark_verified(rec, self._gaps.proven_upto(as_of))
         rec.value = value
         rec.leaf_seq = next_leaf_seq - 1
         rec.seen_seq = max(rec.seen_seq, as_of - 1)
@@ -810,53 +953,80 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         else:
             self.stats.installs += 1
 
-    def _assert_absent(self, lo: int, hi: int, as_of: int, *, inclusive_hi: bool) -> None:
+    def _decode_leaf(self, payload: memoryview | bytes) -> Any:
+        try:
+            return self.model.decode_leaf(memoryview(payload))
+        except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+            self.stats.bad_payloads += 1
+            self.last_bad_payload = exc
+            return _ABSENT
+
+    def _same_encoding(self, value: Any, payload: memoryview | bytes) -> bool:
+        try:
+            return self.model.encode_leaf(value) == payload
+        except Exception:  # noqa: BLE001 - a value the model cannot encode is not the publisher's
+            return False
+
+    def _assert_absent(self, lo: int, hi: int, as_of: int, now: float, *,
+                       inclusive_hi: bool) -> None:
+        """No leaf exists in the range as of ``as_of``: remove the leaves we hold there
+        that we have not seen exist since. A fresh leaf is never removed on one claim (its
+        DELETE could not have been missed): it goes stale, and the next claim removes it
+        unless a snapshot proves it first."""
         if lo > hi or (lo == hi and not inclusive_hi):
             return
-        doomed = [
-            leaf_id
-            for leaf_id in self.leaves.irange(lo, hi, inclusive=(True, inclusive_hi))
-            if self.leaves[leaf_id].seen_seq < as_of
-        ]
+        leaves = self.leaves
+        doomed = [leaf_id for leaf_id in leaves.irange(lo, hi, inclusive=(True, inclusive_hi))
+                  if leaves[leaf_id].seen_seq < as_of]
+        is_suspect = self._gaps.is_suspect
         for leaf_id in doomed:
+            rec = leaves[leaf_id]
+            if not rec.stale and not is_suspect(rec.checked):
+                self._distrust(Status.LEAF_DIVERGED, now,
+                               "a snapshot claims a fresh leaf does not exist", leaf_id)
+                self._make_stale(rec, leaf_id, required=as_of, now=now)
+                continue
             self.stats.inferred_deletes += 1
-            self._remove(leaf_id, self.leaves[leaf_id])
+            self._remove(leaf_id, rec)
+            self._forget(leaf_id, rec.leaf_seq, as_of)
 
-    def _reassemble(self, snap: Snapshot) -> bytes | None:
-        if snap.total_length > self.config.max_snapshot_bytes:
-            self.stats.oversize_snapshots += 1
-            return None
-        key = (snap.leaf_seq, snap.as_of_seq)
-        state = self._reassembly.get(snap.leaf_id)
-        if state is None or state.key != key or len(state.buffer) != snap.total_length:
-            if state is None and len(self._reassembly) >= self.config.max_reassemblies:
-                del self._reassembly[next(iter(self._reassembly))]
-            state = _Reassembly(key, snap.total_length)
-            self._reassembly[snap.leaf_id] = state
-        offset = snap.fragment_offset
-        if offset in state.offsets:
-            return None
-        size = len(snap.payload)
-        state.buffer[offset : offset + size] = snap.payload
-        state.offsets.add(offset)
-        state.received += size
-        if state.received < snap.total_length:
-            return None
-        del self._reassembly[snap.leaf_id]
-        return bytes(state.buffer)
+    def _forget_leaf_set(self) -> None:
+        """Distrust what is known of the leaf set: coverage starts again from here."""
+        self._coverage = Coverage()
+        self._coverage_from = self.expected or 0
+        self._leaf_set_known = False
+        self._saved_coverage = None
 
     # ------------------------------------------------------------------ status
 
-    def _on_end_of_session(self, now: float) -> None:
-        if not self.ended:
-            self.ended = True
-            self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
+    def _measure_lag(self, send_time_ns: int, now: float) -> None:
+        """Lag = how much later than the promptest datagram of the last 30-60 s this one
+        arrived, on the publisher's clock against ours (no clock sync needed)."""
+        self.last_send_time_ns = send_time_ns
+        delay = now - send_time_ns / 1e9
+        if now - self._lag_window_start >= _LAG_WINDOW_S:
+            self._lag_window_start = now
+            self._lag_floor_previous, self._lag_floor = self._lag_floor, delay
+        elif delay < self._lag_floor:
+            self._lag_floor = delay
+        self.lag_s = lag = max(0.0, delay - min(self._lag_floor, self._lag_floor_previous))
+        threshold = self.config.lag_warning_s
+        if threshold is None:
+            return
+        if not self.lagging and lag > threshold:
+            self.lagging = True
+            self._event(Status.LAGGING, now, session_id=self.session_id,
+                        reason=f"datagrams arrive {lag:.3f} s late")
+        elif self.lagging and lag < threshold / 2:
+            self.lagging = False
+            self._event(Status.CAUGHT_UP, now, session_id=self.session_id)
 
     def _update_synced(self, now: float) -> None:
-        if self._unresolved and self._counts_changed:
-            # Only a leaf leaving its `checked` count can make a gap irrelevant.
-            self._counts_changed = False
-            self._forget_irrelevant_gaps()
+        gaps = self._gaps
+        if gaps.unresolved and gaps.counts_changed and gaps.give_up_irrelevant():
+            # Only a leaf leaving its `checked` count can make a gap irrelevant. The
+            # CREATEs a given-up gap may have hidden stay unknown: drop the saved coverage.
+            self._saved_coverage = None
         synced = (self._leaf_set_known and self.unverified == 0 and not self.silent
                   and not self.ended and self.session_id is not None)
         if synced != self.synced:
@@ -866,3 +1036,4 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def _event(self, kind: Status, now: float, **fields: Any) -> None:
         self.events.append(StatusEvent(kind, now, **fields))
+

@@ -29,14 +29,9 @@ from typing import Any, Generic
 from . import wire
 from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
 from ._errors import ClosedError, ConfigError
-from ._subscriber_core import (
-    Status,
-    StatusEvent,
-    SubscriberConfig,
-    SubscriberCore,
-    UpdateKind,
-)
+from ._subscriber_core import SubscriberConfig, SubscriberCore
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
+from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 
 __all__ = ["Replica", "Status", "StatusEvent", "Subscriber", "SubscriberConfig", "UpdateKind"]
@@ -87,9 +82,11 @@ class Subscriber(Generic[LeafT, DeltaT]):
     Args:
         model: how leaves and deltas are decoded and applied (a :class:`LeafModel`).
         group, port: the multicast group and UDP port (IPv4).
-        stream_id: which stream on that group/port to follow.
+        stream_id: which stream on that group/port to follow. Default: ``config.stream_id``
+            (0 without a config). Given with a ``config`` whose ``stream_id`` differs, it
+            raises :class:`ConfigError` rather than pick one.
         interface: address of the local interface to join on (default loopback).
-        config: timing and limits (:class:`SubscriberConfig`); ``stream_id`` overrides it.
+        config: timing and limits (:class:`SubscriberConfig`).
         receive_buffer_bytes: SO_RCVBUF to ask for (a warning is logged if clamped).
         callbacks_on_receiver_thread: run callbacks inline on the receiver thread.
         max_callback_backlog: updates callbacks may fall behind before conflation.
@@ -105,7 +102,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
         *,
         group: str = DEFAULT_GROUP,
         port: int = DEFAULT_PORT,
-        stream_id: int = 0,
+        stream_id: int | None = None,
         interface: str = DEFAULT_INTERFACE,
         config: SubscriberConfig | None = None,
         receive_buffer_bytes: int = 4 << 20,
@@ -120,6 +117,11 @@ class Subscriber(Generic[LeafT, DeltaT]):
         if max_callback_backlog < 1:
             raise ConfigError("max_callback_backlog must be positive")
         base = config or SubscriberConfig()
+        if stream_id is None:
+            stream_id = base.stream_id
+        elif config is not None and config.stream_id != stream_id:
+            raise ConfigError(f"stream_id={stream_id} conflicts with "
+                              f"config.stream_id={config.stream_id}: give it once")
         self.config = SubscriberConfig(**{**asdict(base), "stream_id": stream_id})
         self.group, self.port, self.stream_id = group, port, stream_id
         self._core: SubscriberCore[LeafT, DeltaT] = SubscriberCore(model, self.config)
@@ -262,11 +264,48 @@ class Subscriber(Generic[LeafT, DeltaT]):
         """The publisher session being followed."""
         return self._core.session_id
 
+    @property
+    def lag_s(self) -> float:
+        """How late the last datagram taken in order arrived, in seconds.
+
+        Measured against the promptest datagram of the last 30-60 s (publisher send time
+        against this host's clock), so it needs no clock synchronisation: it is the delay
+        this subscriber adds by falling behind (slow callbacks, a full socket buffer), not
+        the network's one-way delay. ``synced`` is true as of what was received; a large
+        ``lag_s`` means that is far behind the publisher. A LAGGING status event reports it
+        crossing ``SubscriberConfig.lag_warning_s`` (CAUGHT_UP when under half of it).
+        """
+        return self._core.lag_s
+
+    @property
+    def last_send_time_ns(self) -> int:
+        """The publisher's send time (Unix ns) of the last datagram taken in order."""
+        return self._core.last_send_time_ns
+
+    @property
+    def last_distrust(self) -> StatusEvent | None:
+        """The latest LEAF_DIVERGED or RESYNC event: when and why state was distrusted."""
+        return self._core.last_distrust
+
+    def resync(self) -> None:
+        """Distrust the whole replica and rebuild it from the stream.
+
+        Every leaf is reported DELETED, then installed again from the snapshot cycle; the
+        subscriber is synced again after one complete cycle. Counted in ``resyncs``.
+        """
+        self._check_open()
+        with self._lock:
+            self._core.resync(time.monotonic(), "requested by the application")
+            updates, events = self._core.updates, self._core.events
+            self._core.updates, self._core.events = [], []
+            self._synced.notify_all()
+        self._deliver(updates, events)
+
     def stats(self) -> dict[str, int]:
         """Every counter: the core's, plus callbacks, conflation, kernel and injected drops."""
         with self._lock:
             values = asdict(self._core.stats)
-            stale = len(self._core.stale_leaves())
+            stale = self._core.stale_count
             values["stale_leaves"] = stale
             values["suspect_leaves"] = self._core.unverified - stale
         values["kernel_drops"] = self._socket.kernel_drops
@@ -310,8 +349,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
         closing = self._closing
         clock = time.monotonic
         drop = self._drop_filter
-        dispatcher = self._dispatcher
-        callbacks = self._callbacks
+        reported = _Reported()
         timeout = 0.05
         sock.settimeout(timeout)
         while not closing.is_set():
@@ -353,24 +391,73 @@ class Subscriber(Generic[LeafT, DeltaT]):
                     if size >= 0:  # waiters check synced state and the applied sequence
                         self._synced.notify_all()
                 if events or updates:
-                    # Updates first: a SYNCED event follows the leaves that completed it.
-                    if dispatcher is None:
-                        if updates:
-                            callbacks.deliver_updates(updates)
-                        for event in events:
-                            callbacks.deliver_status(event)
-                    else:
-                        if updates:
-                            dispatcher.put_updates(updates)
-                        for event in events:
-                            dispatcher.put_status(event)
+                    self._deliver(updates, events)
+                if core.stats.bad_payloads != reported.bad_payloads \
+                        or core.stats.malformed != reported.malformed:
+                    self._report_bad_input(reported, now)
             except Exception:  # a bug must not kill the receiver: count and log it
                 self.internal_errors += 1
-                log.exception("grapevine internal error in the receive path")
+                if self.internal_errors <= _LOGGED_IN_FULL or self.internal_errors % 1000 == 0:
+                    log.exception("grapevine internal error in the receive path (%d so far)",
+                                  self.internal_errors)
+
+    def _deliver(self, updates: list[Any], events: list[StatusEvent]) -> None:
+        # Updates first: a SYNCED event follows the leaves that completed it.
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            if updates:
+                self._callbacks.deliver_updates(updates)
+            for event in events:
+                self._callbacks.deliver_status(event)
+        else:
+            if updates:
+                dispatcher.put_updates(updates)
+            for event in events:
+                dispatcher.put_status(event)
+
+    def _report_bad_input(self, reported: _Reported, now: float) -> None:
+        """Log bad input from the network: the first few in full, then one summary line
+        per interval, so one bad sender cannot flood the log."""
+        stats = self._core.stats
+        new_bad = stats.bad_payloads - reported.bad_payloads
+        new_malformed = stats.malformed - reported.malformed
+        reported.bad_payloads, reported.malformed = stats.bad_payloads, stats.malformed
+        reported.pending += new_bad + new_malformed
+        if reported.logged < _LOGGED_IN_FULL:
+            reported.logged += 1
+            reported.pending = 0
+            reported.last_log = now
+            if new_bad:
+                log.warning("grapevine: the model rejected a payload (%r); the leaf is stale "
+                            "until the snapshot cycle repairs it",
+                            self._core.last_bad_payload)
+            else:
+                log.warning("grapevine: malformed datagram dropped: %s", self._core.last_error)
+        elif now - reported.last_log >= _LOG_INTERVAL_S:
+            log.warning("grapevine: %d more bad datagrams or payloads (%d malformed, %d "
+                        "rejected by the model in all); latest: %r", reported.pending,
+                        stats.malformed, stats.bad_payloads,
+                        self._core.last_bad_payload if new_bad else self._core.last_error)
+            reported.pending = 0
+            reported.last_log = now
 
     def _check_open(self) -> None:
         if self._closed or self._closing.is_set():
             raise ClosedError("this Subscriber is closed")
+
+
+_LOGGED_IN_FULL = 5  # bad datagrams logged one by one before summaries
+_LOG_INTERVAL_S = 10.0
+
+
+class _Reported:
+    """What the receiver has logged of bad input so far."""
+
+    __slots__ = ("bad_payloads", "last_log", "logged", "malformed", "pending")
+
+    def __init__(self) -> None:
+        self.bad_payloads = self.malformed = self.logged = self.pending = 0
+        self.last_log = 0.0
 
 
 def _callable(callback: Any) -> Any:

@@ -62,8 +62,17 @@ class Pair:
             self.sub._check()
 
     def tick(self, dt: float) -> None:
+        """Let ``dt`` pass; an idle publisher's heartbeat arrives first (it confirms a
+        hole in the stream: a lone datagram after a hole never becomes a gap)."""
+        self.deliver([self.heartbeat()])
         self.now += dt
         self.sub.poll(self.now)
+
+    def heartbeat(self) -> bytes:
+        builder = DatagramBuilder(0, self.pub.session_id)
+        builder.start(self.pub.next_seq)
+        builder.add_heartbeat(1_000_000)
+        return bytes(builder.finish(int(self.now * 1e9) + 1))
 
     def full_cycle(self) -> list[bytes]:
         """Force a new snapshot cycle now and return its datagrams."""
@@ -297,6 +306,12 @@ def test_heartbeat_announces_missing_deltas() -> None:
     for datagram in capture(pub, 0.2):  # a heartbeat carrying the next sequence
         sub.receive(datagram, 0.2)
     sub.poll(0.25)
+    # One datagram alone does not move the stream (it could be forged or corrupted)...
+    assert sub.stats.gaps == 0
+    assert sub.is_fresh(0)
+    for datagram in capture(pub, 0.31):  # ...the next heartbeat confirms the hole
+        sub.receive(datagram, 0.31)
+    sub.poll(0.35)
     assert sub.stats.gaps == 1
     assert not sub.is_fresh(0)
 
