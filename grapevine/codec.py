@@ -68,8 +68,15 @@ SNAPSHOT_OVERHEAD = MESSAGE_HEADER_SIZE + _SNAPSHOT.size
 TOUCHED_OVERHEAD = MESSAGE_HEADER_SIZE + _TOUCHED.size  # plus TOUCHED_ENTRY_SIZE per leaf
 TOUCHED_ENTRY_SIZE = _TOUCHED_ENTRY.size
 _MAX_BODY = 0xFFFF
+_MAX_SEQ = 0xFFFF_FFFF_FFFF_FFFF  # the largest stream sequence (2^64 - 1)
+_SEQUENCE_OFFSET = 20  # the header's ``sequence`` field
+_SEQUENCE_TOO_BIG = 1 << 64  # a "next DELTA sequence" at or past this overflowed
 
 _DELTA_FLAGS_BOTH = DeltaFlag.CREATE | DeltaFlag.DELETE
+# Plain ints: an IntFlag operand would run enum's Python-level __rand__ on every snapshot.
+_DELETED = int(SnapshotFlag.DELETED)
+_LAST = int(SnapshotFlag.LAST)
+_MARKER_FLAGS = _DELETED | _LAST
 
 
 class Delta(NamedTuple):
@@ -158,13 +165,20 @@ class Decoded(NamedTuple):
 def decode(data: bytes | bytearray | memoryview) -> Decoded:
     """Decode one datagram (fast path). Raises :class:`DecodeError` and nothing else.
 
-    Payloads in the result are memoryviews into ``data``: copy them (``bytes(p)``) before
-    the buffer is reused.
+    ``data`` is any bytes-like object; the datagram is its bytes in logical order, exactly
+    ``bytes(data)`` (as :func:`decode_with_construct` reads it). Payloads in the result are
+    memoryviews into ``data``: copy them (``bytes(p)``) before the buffer is reused. A
+    non-contiguous buffer (``memoryview(b)[::2]``) is accepted by copying it first; its
+    payloads then view that private copy.
     """
     mv = data if isinstance(data, memoryview) else memoryview(data)
-    if mv.ndim != 1 or mv.itemsize != 1:
+    if not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())  # struct cannot read strided buffers in place
+    elif mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
     size = len(mv)
+    if size > wire.MAX_DATAGRAM_SIZE:
+        raise _too_large(size)
     if size < HEADER_SIZE:
         raise DecodeError(
             f"datagram of {size} bytes is shorter than the {HEADER_SIZE}-byte header",
@@ -246,12 +260,16 @@ def decode(data: bytes | bytearray | memoryview) -> Decoded:
             f"{end - offset} trailing bytes after the {count} messages the header announces",
             offset=offset, field="messages",
         )
+    if seq > _SEQUENCE_TOO_BIG:  # once per datagram, not per DELTA
+        raise _sequence_overflow(sequence, seq)
     return Decoded(version, flags, stream_id, session_id, sequence, send_time, messages, auth)
 
 
 def decode_with_construct(data: bytes | bytearray | memoryview) -> Decoded:
     """Decode one datagram with the construct definitions (slow path, same result)."""
     raw = bytes(data)
+    if len(raw) > wire.MAX_DATAGRAM_SIZE:
+        raise _too_large(len(raw))
     if len(raw) >= 6:
         # Check identity first so that bad magic/version get the same error on both paths.
         magic, version = raw[:4], raw[4]
@@ -301,6 +319,8 @@ def decode_with_construct(data: bytes | bytearray | memoryview) -> Decoded:
         else:
             messages.append(UnknownMessage(msg.kind, msg.flags, memoryview(body)))
         offset += MESSAGE_HEADER_SIZE + msg.length
+    if seq > _SEQUENCE_TOO_BIG:
+        raise _sequence_overflow(header.sequence, seq)
     auth = AuthTag(parsed.auth.key_id, bytes(parsed.auth.tag)) if parsed.auth else None
     return Decoded(header.version, header.flags, header.stream_id, header.session_id,
                    header.sequence, header.send_time_ns, messages, auth)
@@ -315,6 +335,24 @@ def _check_header(magic: bytes, version: int, session_id: int) -> None:
                           offset=4, field="version")
     if session_id == 0:
         raise DecodeError("session_id must not be 0", offset=12, field="session_id")
+
+
+def _too_large(size: int) -> DecodeError:
+    return DecodeError(f"datagram of {size} bytes exceeds MAX_DATAGRAM_SIZE "
+                       f"{wire.MAX_DATAGRAM_SIZE}", offset=wire.MAX_DATAGRAM_SIZE,
+                       field="datagram")
+
+
+def _sequence_overflow(sequence: int, next_seq: int) -> DecodeError:
+    """``next_seq`` (sequence + the DELTAs before some point) went past 2^64 - 1."""
+    return DecodeError(f"stream sequence {next_seq - 1} of the last DELTA is beyond 2^64 - 1 "
+                       f"(header sequence {sequence})", offset=_SEQUENCE_OFFSET,
+                       field="sequence")
+
+
+def _bound_overflow(next_seq: int, what: str) -> DecodeError:
+    return DecodeError(f"the {what} bound {next_seq} (header sequence + DELTAs before it) is "
+                       "beyond 2^64 - 1", offset=_SEQUENCE_OFFSET, field="sequence")
 
 
 def _short(index: int, what: str, length: int, minimum: int, offset: int) -> DecodeError:
@@ -336,21 +374,44 @@ def _check_delta(delta: Delta, index: int, offset: int) -> None:
 
 
 def _check_snapshot(snap: Snapshot, index: int, offset: int, next_seq: int) -> None:
+    """SPEC section 10, rule 6.5, in its order (the first failing check is reported)."""
     where = f"messages[{index}]"
     body = offset + MESSAGE_HEADER_SIZE
+    flags = snap.flags
+    count = snap.cycle_count
     if snap.range_start > snap.leaf_id:
         raise DecodeError(f"snapshot range_start {snap.range_start} is above leaf_id "
                           f"{snap.leaf_id}", offset=body + 4, field=f"{where}.range_start")
-    if snap.cycle_count == 0:
-        if snap.flags & (SnapshotFlag.DELETED | SnapshotFlag.LAST) != (
-            SnapshotFlag.DELETED | SnapshotFlag.LAST
-        ) or snap.cycle_position != 0:
+    if count == 0:
+        # The empty-cycle marker, and only it, has cycle_count 0; its fields are fixed.
+        if flags & _MARKER_FLAGS != _MARKER_FLAGS or snap.cycle_position != 0:
             raise DecodeError("cycle_count 0 is only valid for the DELETED|LAST marker of an "
-                              "empty cycle", offset=body + 16, field=f"{where}.cycle_count")
-    elif snap.cycle_position >= snap.cycle_count:
+                              "empty cycle (cycle_position 0)", offset=body + 16,
+                              field=f"{where}.cycle_count")
+        if snap.leaf_id:
+            raise DecodeError(f"the empty-cycle marker has leaf_id {snap.leaf_id}, not 0",
+                              offset=body, field=f"{where}.leaf_id")
+        if snap.leaf_seq:
+            raise DecodeError(f"the empty-cycle marker has leaf_seq {snap.leaf_seq}, not 0",
+                              offset=body + 20, field=f"{where}.leaf_seq")
+        if snap.total_length:
+            raise DecodeError(f"the empty-cycle marker (DELETED) has total_length "
+                              f"{snap.total_length}: a DELETED snapshot must have "
+                              "total_length 0", offset=body + 36,
+                              field=f"{where}.total_length")
+    elif flags & _DELETED:
+        raise DecodeError(f"DELETED is only valid in the empty-cycle marker (cycle_count 0), "
+                          f"not with cycle_count {count}", offset=offset + 1,
+                          field=f"{where}.flags")
+    elif snap.cycle_position >= count:
         raise DecodeError(f"cycle_position {snap.cycle_position} is not below cycle_count "
-                          f"{snap.cycle_count}", offset=body + 12,
-                          field=f"{where}.cycle_position")
+                          f"{count}", offset=body + 12, field=f"{where}.cycle_position")
+    elif flags & _LAST and snap.cycle_position != count - 1:
+        raise DecodeError(f"LAST is set but cycle_position {snap.cycle_position} is not "
+                          f"cycle_count - 1 ({count - 1})", offset=offset + 1,
+                          field=f"{where}.flags")
+    if next_seq > _MAX_SEQ:
+        raise _bound_overflow(next_seq, "as_of_seq")
     if snap.as_of_seq > next_seq:
         raise DecodeError(f"snapshot as_of_seq {snap.as_of_seq} is ahead of the stream "
                           f"({next_seq})", offset=body + 28, field=f"{where}.as_of_seq")
@@ -358,9 +419,6 @@ def _check_snapshot(snap: Snapshot, index: int, offset: int, next_seq: int) -> N
         raise DecodeError(f"fragment [{snap.fragment_offset}, +{len(snap.payload)}) overruns "
                           f"total_length {snap.total_length}", offset=body + 40,
                           field=f"{where}.fragment_offset")
-    if snap.flags & SnapshotFlag.DELETED and snap.total_length:
-        raise DecodeError("a DELETED snapshot must have total_length 0", offset=body + 36,
-                          field=f"{where}.total_length")
 
 
 def _check_touched_length(length: int, index: int, offset: int) -> None:
@@ -373,6 +431,8 @@ def _check_touched_length(length: int, index: int, offset: int) -> None:
 def _check_touched(touched: Touched, index: int, offset: int, next_seq: int) -> None:
     where = f"messages[{index}]"
     body = offset + MESSAGE_HEADER_SIZE
+    if next_seq > _MAX_SEQ:
+        raise _bound_overflow(next_seq, "end_seq")
     if not touched.first_seq <= touched.end_seq <= next_seq:
         raise DecodeError(f"touched range [{touched.first_seq}, {touched.end_seq}) is reversed "
                           f"or ahead of the stream ({next_seq})", offset=body + 8,
@@ -531,6 +591,9 @@ class DatagramBuilder:
 
     def finish(self, send_time_ns: int) -> memoryview:
         """Write the header and return the datagram (valid until the next :meth:`start`)."""
+        if self._sequence + self._deltas > _SEQUENCE_TOO_BIG:
+            raise EncodeError(f"the last delta's stream sequence "
+                              f"{self._sequence + self._deltas - 1} is beyond 2^64 - 1")
         try:
             _HEADER.pack_into(self._buffer, 0, wire.MAGIC, wire.VERSION, 0, self._count,
                               self.stream_id, self.session_id, self._sequence, send_time_ns)

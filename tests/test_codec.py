@@ -69,17 +69,16 @@ def snapshots(draw: st.DrawFn, next_seq: int) -> Snapshot:
     cycle_id = draw(u32)
     leaf_seq = draw(u64)
     extra = draw(reserved_snapshot_bits)
-    if draw(st.booleans()) and draw(st.booleans()):  # the empty-cycle marker
+    if draw(st.booleans()) and draw(st.booleans()):  # the empty-cycle marker: fixed fields
         flags = int(SnapshotFlag.DELETED | SnapshotFlag.LAST) | extra
-        return Snapshot(0, 0, cycle_id, 0, 0, leaf_seq, as_of, 0, 0, flags, b"")
+        return Snapshot(0, 0, cycle_id, 0, 0, 0, as_of, 0, 0, flags, b"")
     leaf_id = draw(u32)
     range_start = draw(st.integers(0, leaf_id))
     count = draw(st.integers(1, U32))
-    position = draw(st.integers(0, count - 1))
-    flags = extra | (SnapshotFlag.LAST if position == count - 1 else 0)
-    if draw(st.integers(0, 9)) == 0:
-        return Snapshot(leaf_id, range_start, cycle_id, position, count, leaf_seq, as_of, 0, 0,
-                        flags | SnapshotFlag.DELETED, b"")
+    position = draw(st.one_of(st.just(count - 1), st.integers(0, count - 1)))
+    # LAST only at the end of the cycle (where it is optional on the wire); never DELETED.
+    last = position == count - 1 and draw(st.integers(0, 9)) > 0
+    flags = extra | (SnapshotFlag.LAST if last else 0)
     data = draw(small_payload)
     fragment_offset = draw(st.integers(0, U32 - len(data)))
     total = draw(st.integers(fragment_offset + len(data), U32))
@@ -109,6 +108,8 @@ def datagrams(draw: st.DrawFn, *, allow_extensions: bool = True) -> Decoded:
     kinds = ["delta", "snapshot", "heartbeat", "eos", "touched"] + (
         ["unknown"] if allow_extensions else [])
     for kind in draw(st.lists(st.sampled_from(kinds), max_size=12)):
+        if seq > U64 and kind in ("delta", "snapshot", "touched"):
+            continue  # past DELTA 2^64 - 1 nothing sequenced fits (SPEC section 7)
         if kind == "delta":
             messages.append(draw(deltas())._replace(seq=seq))
             seq += 1
@@ -165,6 +166,51 @@ def test_decode_accepts_bytes_bytearray_and_memoryview(value: Decoded) -> None:
     assert normalise(codec.decode(memoryview(raw))) == expected
     assert normalise(codec.decode(memoryview(b"xx" + raw)[2:])) == expected
     assert normalise(codec.decode_with_construct(memoryview(raw))) == expected
+
+
+def _strided(raw: bytes, buffer: bytearray | None = None) -> memoryview:
+    """A non-contiguous view whose logical bytes are ``raw``: every other byte of ``buffer``."""
+    interleaved = bytearray(2 * len(raw)) if buffer is None else buffer
+    interleaved[::2] = raw
+    interleaved[1::2] = b"\xee" * len(raw)
+    view = memoryview(interleaved)[::2]
+    assert not view.c_contiguous
+    assert bytes(view) == raw
+    return view
+
+
+@FAST
+@given(datagrams())
+def test_decode_accepts_a_non_contiguous_memoryview_by_copying(value: Decoded) -> None:
+    # SPEC-independent API rule: decode(data) decodes bytes(data), whatever the buffer's
+    # layout; a strided view (which struct cannot read in place) is copied first.
+    raw = codec.encode_with_construct(value)
+    view = _strided(raw)
+    expected = normalise(codec.decode(raw))
+    assert normalise(codec.decode(view)) == expected
+    assert normalise(codec.decode_with_construct(view)) == expected
+
+
+def test_non_contiguous_memoryview_payloads_view_a_private_copy() -> None:
+    raw = codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 5, 0,
+                                              [Delta(5, 1, 1, 0, b"abc")]))
+    buffer = bytearray(2 * len(raw))
+    delta = codec.decode(_strided(raw, buffer)).messages[0]
+    assert isinstance(delta, Delta)
+    buffer[:] = bytes(len(buffer))  # the caller reuses its buffer: the payload is unaffected
+    assert bytes(delta.payload) == b"abc"
+
+
+@pytest.mark.parametrize("decoder", [codec.decode, codec.decode_with_construct])
+def test_non_contiguous_invalid_bytes_raise_decode_error(decoder: Any) -> None:
+    raw = codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 5, 0, [Heartbeat(9)]))
+    with pytest.raises(DecodeError) as info:
+        decoder(memoryview(raw)[::-1])  # negative stride: the bytes reversed, bad magic
+    assert info.value.field == "magic"
+    with pytest.raises(DecodeError) as info:
+        decoder(_strided(raw)[: codec.HEADER_SIZE - 1])
+    if decoder is codec.decode:  # (the construct path names its parse failure its own way)
+        assert (info.value.field, info.value.offset) == ("header", codec.HEADER_SIZE - 1)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -334,6 +380,21 @@ def test_builder_rejects_bad_ids(stream_id: int, session_id: int) -> None:
         DatagramBuilder(stream_id, session_id)
 
 
+def test_builder_refuses_stream_sequences_past_2_64() -> None:
+    builder = DatagramBuilder(1, SESSION)
+    builder.start(U64)
+    assert builder.add_delta(1, 1, 0, b"a")  # stream sequence 2^64 - 1: the last one
+    good = bytes(builder.finish(0))
+    assert codec.decode(good).messages[0].seq == U64  # type: ignore[union-attr]
+    with pytest.raises(EncodeError, match="beyond 2"):
+        builder.add_snapshot(Snapshot(3, 0, 1, 0, 1, 1, U64, 1, 0, SnapshotFlag.LAST, b"x"))
+    with pytest.raises(EncodeError, match="beyond 2"):
+        builder.add_touched(Touched(U64, U64, ()))
+    assert builder.add_delta(2, 1, 0, b"b")  # would be 2^64
+    with pytest.raises(EncodeError, match="beyond 2"):
+        builder.finish(0)
+
+
 def test_builder_rejects_unrepresentable_header_and_fixed_messages() -> None:
     builder = DatagramBuilder(1, SESSION)
     builder.start(2**64)
@@ -392,8 +453,13 @@ def test_builder_refuses_deltas_receivers_would_drop(leaf_seq: int, flags: int,
 @pytest.mark.parametrize(
     "changes",
     [{"range_start": 9}, {"cycle_position": 4}, {"as_of_seq": 2},
-     {"cycle_count": 0}, {"flags": SnapshotFlag.DELETED}],
-    ids=["range_above_leaf", "position_past_count", "as_of_ahead", "zero_count", "deleted_len"],
+     {"cycle_count": 0}, {"flags": SnapshotFlag.DELETED},
+     {"flags": SnapshotFlag.DELETED, "total_length": 0, "payload": b""},
+     {"flags": SnapshotFlag.LAST},
+     {"leaf_id": 0, "cycle_count": 0, "total_length": 0, "payload": b"",
+      "flags": SnapshotFlag.DELETED | SnapshotFlag.LAST}],
+    ids=["range_above_leaf", "position_past_count", "as_of_ahead", "zero_count", "deleted_len",
+         "deleted_not_marker", "last_mid_cycle", "marker_leaf_seq"],
 )
 def test_builder_refuses_snapshots_receivers_would_drop(changes: dict[str, Any]) -> None:
     good = Snapshot(5, 0, 1, 0, 4, 1, 1, 3, 0, 0, b"abc")

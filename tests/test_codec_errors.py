@@ -234,12 +234,59 @@ def test_snapshot_cycle_count_zero_with_position() -> None:
     reject(header(1) + message(2, body, flags=3), "messages[0].cycle_count", S + 16)
 
 
+def marker_body(**changes: Any) -> bytes:
+    """The empty-cycle marker's body (every field fixed but cycle_id and as_of_seq)."""
+    fields: dict[str, Any] = {"leaf_id": 0, "range_start": 0, "position": 0, "count": 0,
+                              "leaf_seq": 0, "total_length": 0, "data": b""}
+    fields.update(changes)
+    return snapshot_body(**fields)
+
+
 def test_snapshot_empty_cycle_marker_is_valid() -> None:
-    body = snapshot_body(leaf_id=0, range_start=0, position=0, count=0, total_length=0,
-                         data=b"")
-    snap = accept(header(1) + message(2, body, flags=3)).messages[0]
+    snap = accept(header(1) + message(2, marker_body(), flags=3)).messages[0]
     assert isinstance(snap, Snapshot)
     assert (snap.cycle_count, snap.flags) == (0, 3)
+    assert accept(header(1) + message(2, marker_body(), flags=0xFF)).messages[0].flags == 0xFF  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("changes", "field", "at"), [
+    ({"leaf_id": 7}, "leaf_id", S),
+    ({"leaf_id": 7, "range_start": 7}, "leaf_id", S),
+    ({"range_start": 1}, "range_start", S + 4),
+    ({"leaf_seq": 1}, "leaf_seq", S + 20),
+    ({"leaf_seq": 2**64 - 1}, "leaf_seq", S + 20),
+    ({"total_length": 4}, "total_length", S + 36),
+    ({"total_length": 4, "data": b"abcd"}, "total_length", S + 36),
+    ({"fragment_offset": 1}, "fragment_offset", S + 40),
+    ({"data": b"x"}, "fragment_offset", S + 40),
+], ids=["leaf_id", "leaf_id_and_range", "range_start", "leaf_seq", "leaf_seq_max",
+        "total_length", "total_length_and_payload", "fragment_offset", "payload"])
+def test_empty_cycle_marker_fields_are_fixed(changes: dict[str, Any], field: str,
+                                             at: int) -> None:
+    reject(header(1) + message(2, marker_body(**changes), flags=3), f"messages[0].{field}", at,
+           same_on_construct=True)
+
+
+def test_snapshot_deleted_only_in_the_empty_cycle_marker() -> None:
+    # A DELETED tombstone for a real leaf: the reference publisher never sends one.
+    tombstone = snapshot_body(position=1, count=2, total_length=0, data=b"")
+    for flags in (1, 3):
+        reject(header(1) + message(2, tombstone, flags=flags), "messages[0].flags", H + 1,
+               "only valid in the empty-cycle marker", same_on_construct=True)
+
+
+def test_snapshot_last_requires_the_last_cycle_position() -> None:
+    # A mid-cycle snapshot with LAST would assert no leaf above it exists: a receiver must
+    # drop it rather than wipe those leaves.
+    reject(header(1) + message(2, snapshot_body(position=0, count=2), flags=2),
+           "messages[0].flags", H + 1, "LAST is set but cycle_position 0",
+           same_on_construct=True)
+    reject(header(1) + message(2, snapshot_body(position=0, count=2**32 - 1), flags=0xFE),
+           "messages[0].flags", H + 1, "cycle_count - 1", same_on_construct=True)
+    last = accept(header(1) + message(2, snapshot_body(position=1, count=2), flags=2))
+    assert last.messages[0].flags == 2  # type: ignore[union-attr]
+    # The converse is not checked: the last position without LAST asserts less, safely.
+    assert accept(header(1) + message(2, snapshot_body(position=1, count=2))).messages
 
 
 def test_snapshot_as_of_seq_ahead_of_header_sequence() -> None:
@@ -272,8 +319,69 @@ def test_snapshot_fragment_offset_near_u32_max() -> None:
 
 
 def test_snapshot_deleted_with_total_length() -> None:
-    reject(header(1) + message(2, snapshot_body(total_length=3), flags=1),
-           "messages[0].total_length", S + 36, "total_length 0")
+    reject(header(1) + message(2, marker_body(total_length=3), flags=3),
+           "messages[0].total_length", S + 36, "total_length 0", same_on_construct=True)
+
+
+# --------------------------------------------------------------------------- sequence overflow
+
+U64 = 2**64 - 1
+
+
+def test_last_delta_at_2_64_minus_1_is_valid() -> None:
+    decoded = accept(header(2, sequence=U64) + message(1, delta_body()) + message(3, bytes(4)))
+    assert [m.seq for m in decoded.messages if isinstance(m, Delta)] == [U64]
+
+
+@pytest.mark.parametrize(("sequence", "deltas"), [(U64, 2), (U64 - 1, 3), (U64 - 4, 40)])
+def test_delta_sequence_past_2_64_minus_1(sequence: int, deltas: int) -> None:
+    data = header(deltas, sequence=sequence) + message(1, delta_body()) * deltas
+    reject(data, "sequence", 20, "beyond 2^64 - 1", same_on_construct=True)
+
+
+def test_delta_sequence_overflow_is_checked_after_the_messages() -> None:
+    # Rule 8 comes after the per-message rules and the trailing-bytes rule.
+    bad_delta = message(1, delta_body(leaf_seq=0))
+    reject(header(3, sequence=U64) + message(1, delta_body()) * 2 + bad_delta,
+           "messages[2].leaf_seq", H + 32 + 8)
+    reject(header(2, sequence=U64) + message(1, delta_body()) * 2 + b"\x00",
+           "messages", H + 32, "1 trailing bytes")
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "touched"])
+def test_bound_past_2_64_minus_1(kind: str) -> None:
+    body = (snapshot_body(as_of_seq=U64) if kind == "snapshot"
+            else touched_body(first_seq=U64, end_seq=U64, entries=()))
+    follower = message(2 if kind == "snapshot" else 5, body)
+    # Before the DELTA, the bound is 2^64 - 1: valid.
+    accept(header(2, sequence=U64) + follower + message(1, delta_body()))
+    # Behind DELTA 2^64 - 1 the bound would be 2^64: invalid whatever the message says.
+    reject(header(2, sequence=U64) + message(1, delta_body()) + follower, "sequence", 20,
+           f"{'as_of_seq' if kind == 'snapshot' else 'end_seq'} bound 18446744073709551616",
+           same_on_construct=True)
+
+
+# --------------------------------------------------------------------------- datagram size
+
+M = wire.MAX_DATAGRAM_SIZE
+
+
+def test_datagram_of_max_size_is_valid() -> None:
+    data = header(1) + message(1, delta_body(data=bytes(M - H - 16)))
+    assert len(data) == M
+    accept(data)
+
+
+@pytest.mark.parametrize("size", [M + 1, M + 20, 65_535, 100_000])
+def test_datagram_larger_than_max_size(size: int) -> None:
+    # Rule 1 comes first: whatever the bytes hold (here a well-formed one-DELTA datagram
+    # with a too-long payload, or junk), a datagram over MAX_DATAGRAM_SIZE is dropped.
+    well_formed = header(1) + message(1, delta_body(data=bytes(size - H - 16)),
+                                      length=min(size - H - 4, 0xFFFF))
+    for data in (well_formed, b"junk" * (size // 4) + b"j" * (size % 4)):
+        assert len(data) == size
+        reject(data, "datagram", M, f"datagram of {size} bytes exceeds MAX_DATAGRAM_SIZE",
+               same_on_construct=True)
 
 
 # --------------------------------------------------------------------------- TOUCHED rules
@@ -460,7 +568,12 @@ def test_fuzz_mutated_vectors(data: bytes) -> None:
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_every_truncation_of_every_vector(name: str) -> None:
     data = VECTORS[name]
-    for cut in range(len(data)):
+    cuts: range | list[int] = range(len(data))
+    if len(data) > wire.MAX_DATAGRAM_SIZE:
+        # datagram_too_large: every cut up to the limit is a cut of max_datagram_size but for
+        # the length field; a sample of them (and every cut near the limit) is enough.
+        cuts = [*range(0, len(data), 997), *range(wire.MAX_DATAGRAM_SIZE - 64, len(data))]
+    for cut in cuts:
         check_agreement(data[:cut])
     check_agreement(data)
 

@@ -264,3 +264,28 @@ def test_touched_sections_are_present() -> None:
     assert "TOUCHED" in section_11
     assert "112 for" in section_11
     assert "TOUCHED" in SPEC.split("## 13.", 1)[1].split("## 14.", 1)[0]
+
+
+def test_error_offset_convention_covers_every_vector_field() -> None:
+    """Section 10's offset table says where each field an invalid vector names points."""
+    section = SPEC.split("## 10. Validation rules", 1)[1].split("## 11.", 1)[0]
+    assert "**Error field and offset.**" in section
+    table = section.split("**Error field and offset.**", 1)[1].split("\n\n| ", 1)[1]
+    rows = [line for line in ("| " + table).splitlines() if line.startswith("|")][2:]
+    named = {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    fixed = {f"messages[i].{sub.name}" for s in (wire.MessageHeader, wire.DeltaFields,
+                                                   wire.SnapshotFields, wire.TouchedFields)
+             for sub in s.subcons}
+    assert "a fixed message field" in section
+    for vector in VECTORS.values():
+        if not vector["valid"]:
+            field = re.sub(r"\[\d+\]", "[i]", vector["error"]["field"])
+            assert field in named or field in fixed, field
+    # The header-field row lists those fields and their offsets, in the same order.
+    header_row = next(row for row in rows if "a header field" in row)
+    names = re.findall(r"`([^`]+)`", header_row.split("|")[1])
+    offsets = {n: o for o, _, n in field_layout(wire.Header)}
+    assert [int(o) for o in re.findall(r"\d+", header_row.split("|")[2])] == [
+        offsets[n] for n in names]
+    assert {v["error"]["field"] for v in VECTORS.values() if not v["valid"]} & set(
+        offsets) <= set(names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -179,7 +180,86 @@ def test_every_semantic_check_has_a_vector() -> None:
     assert {"magic", "version", "session_id", "auth", "length", "flags", "payload",
             "leaf_seq", "range_start", "cycle_count", "cycle_position", "as_of_seq",
             "fragment_offset", "total_length", "messages", "header", "end_seq",
-            "entries"} <= fields
+            "entries", "datagram", "sequence", "leaf_id"} <= fields
+
+
+# --------------------------------------------------------------------------- offset convention
+
+
+def _offsets(definition: Any, start: int) -> tuple[dict[str, int], int]:
+    """Each field's offset in a flat construct Struct placed at ``start``, and its end."""
+    out, offset = {}, start
+    for sub in definition.subcons:
+        out[sub.name] = offset
+        offset += sub.sizeof()
+    return out, offset
+
+
+HEADER_FIELDS, _ = _offsets(wire.Header, 0)
+BODIES = {int(wire.MessageKind.DELTA): wire.DeltaFields,
+          int(wire.MessageKind.SNAPSHOT): wire.SnapshotFields,
+          int(wire.MessageKind.HEARTBEAT): wire.HeartbeatFields,
+          int(wire.MessageKind.TOUCHED): wire.TouchedFields}
+
+
+def convention_offset(raw: bytes, field: str) -> int:
+    """The offset SPEC section 10's convention gives an error naming ``field`` in ``raw``.
+
+    Computed from the bytes and wire.py alone (not with codec), asserting on the way that
+    the error is of the kind the field name says.
+    """
+    if field == "header":  # too short: the first missing byte
+        assert len(raw) < codec.HEADER_SIZE
+        return len(raw)
+    if field == "datagram":  # too long: the first byte past the limit
+        assert len(raw) > wire.MAX_DATAGRAM_SIZE
+        return wire.MAX_DATAGRAM_SIZE
+    if field in HEADER_FIELDS:  # a header field: its own offset
+        return HEADER_FIELDS[field]
+    if field == "auth":  # no room for the trailer: where the message area begins
+        return codec.HEADER_SIZE
+    flags, count = struct.unpack_from("<BH", raw, 5)
+    end = len(raw) - (wire.AUTH_TRAILER_SIZE if flags & wire.HeaderFlag.AUTH else 0)
+    starts, offset = [], codec.HEADER_SIZE
+    for _ in range(count):
+        starts.append(offset)
+        if offset + codec.MESSAGE_HEADER_SIZE > end:
+            break
+        offset += codec.MESSAGE_HEADER_SIZE + struct.unpack_from("<H", raw, offset + 2)[0]
+    if field == "messages":  # trailing bytes: the first one after the last message
+        assert offset < end
+        return offset
+    match = re.fullmatch(r"messages\[(\d+)\](?:\.(\w+))?", field)
+    assert match is not None, field
+    start = starts[int(match.group(1))]
+    name = match.group(2)
+    if name is None:  # message i does not fit: where it starts
+        assert start + codec.MESSAGE_HEADER_SIZE > end
+        return start
+    message_header, body = _offsets(wire.MessageHeader, start)
+    if name in message_header:
+        return message_header[name]
+    fixed, after = _offsets(BODIES[raw[start]], body)
+    if name in fixed:
+        return fixed[name]
+    if name == "payload":  # the payload's first byte
+        return after
+    assert name == "entries", field  # the first entry that breaks the rule
+    stop = body + struct.unpack_from("<H", raw, message_header["length"])[0]
+    previous = -1
+    for at in range(after, stop, wire.TouchedEntry.sizeof()):
+        leaf_id, leaf_seq = struct.unpack_from("<IQ", raw, at)
+        if leaf_id <= previous or leaf_seq == 0:
+            return at
+        previous = leaf_id
+    raise AssertionError(f"no entry of {field} breaks the rule")
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=ids(INVALID))
+def test_invalid_vector_offset_follows_the_convention(vector: dict[str, Any]) -> None:
+    raw = bytes.fromhex(vector["hex"])
+    error = vector["error"]
+    assert error["offset"] == convention_offset(raw, error["field"])
 
 
 def test_vectors_on_disk_are_up_to_date() -> None:
@@ -211,12 +291,17 @@ def test_required_vectors_exist() -> None:
         "delta_delete_with_payload", "delta_leaf_seq_zero", "touched", "touched_empty",
         "touched_only", "touched_too_short", "touched_partial_entry", "touched_ids_descending",
         "touched_duplicate_id", "touched_leaf_seq_zero", "touched_range_reversed",
-        "touched_end_seq_ahead",
+        "touched_end_seq_ahead", "datagram_too_large", "snapshot_last_not_at_end",
+        "snapshot_deleted_not_marker", "snapshot_deleted_with_length",
+        "snapshot_empty_cycle_without_last", "snapshot_empty_cycle_leaf_id",
+        "snapshot_empty_cycle_leaf_seq", "delta_sequence_overflow",
+        "snapshot_as_of_seq_bound_overflow", "touched_end_seq_bound_overflow",
     }
     assert required <= names, required - names
     by_name = {v["name"]: v for v in VECTORS}
     assert by_name["max_default_size"]["size"] == wire.DEFAULT_DATAGRAM_SIZE
     assert by_name["max_datagram_size"]["size"] == wire.MAX_DATAGRAM_SIZE
+    assert by_name["datagram_too_large"]["size"] == wire.MAX_DATAGRAM_SIZE + 1
     truncated = [n for n in names if n.startswith("truncated_")]
     assert len(truncated) >= 9 + 6 + 13
 

@@ -305,9 +305,9 @@ def build() -> list[dict[str, Any]]:
                       delta(U32, U64, b"\xff"), Heartbeat(U32)],
                      U64, stream_id=U32, session_id=U64, send_time_ns=U64))
     fill = wire.MAX_DATAGRAM_SIZE - codec.HEADER_SIZE - codec.DELTA_OVERHEAD
-    v.valid("max_datagram_size", f"The largest datagram a receiver must accept: "
-            f"{wire.MAX_DATAGRAM_SIZE} bytes, one DELTA with a {fill}-byte payload.",
-            datagram([delta(2, 1, payload(21, fill))], 8001))
+    largest = v.valid("max_datagram_size", f"The largest datagram a receiver must accept: "
+                      f"{wire.MAX_DATAGRAM_SIZE} bytes, one DELTA with a {fill}-byte payload.",
+                      datagram([delta(2, 1, payload(21, fill))], 8001))
 
     # ---------------------------------------------------------------- forward compatibility
     v.valid("unknown_kind", "A message of unknown kind 200 between two DELTAs: receivers skip "
@@ -418,6 +418,15 @@ def build() -> list[dict[str, Any]]:
               "20-byte trailer.", _patch(codec.encode_with_construct(
                   datagram([], 1)), 5, "<B", int(HeaderFlag.AUTH)),
               field="auth", offset=codec.HEADER_SIZE, reason="auth trailer")
+    # max_datagram_size with one more payload byte (payload() is prefix-stable): well formed
+    # in every other respect. The offset is the first byte past the limit.
+    v.invalid("datagram_too_large", f"A datagram of {wire.MAX_DATAGRAM_SIZE + 1} bytes, one "
+              f"more than MAX_DATAGRAM_SIZE, otherwise well formed (one DELTA with a "
+              f"{fill + 1}-byte payload). It cannot arrive in an IPv4 UDP datagram but can "
+              "over IPv6 or another transport: receivers drop and count it.",
+              _patch(largest, codec.HEADER_SIZE + 2, "<H", 12 + fill + 1)
+              + payload(21, fill + 1)[-1:], field="datagram", offset=wire.MAX_DATAGRAM_SIZE,
+              reason="exceeds MAX_DATAGRAM_SIZE")
 
     # ---------------------------------------------------------------- invalid: framing
     v.invalid("message_length_overrun", "The DELTA's length says 30 but only 20 body bytes "
@@ -492,9 +501,38 @@ def build() -> list[dict[str, Any]]:
     v.invalid("snapshot_count_zero_not_marker", "cycle_count 0 without DELETED|LAST.",
               one_snap(position=0, count=0), field="messages[0].cycle_count",
               offset=body + 16, reason="only valid for the DELETED|LAST marker")
-    v.invalid("snapshot_deleted_with_length", "A DELETED snapshot with total_length 10.",
-              one_snap(flags=deleted), field="messages[0].total_length", offset=body + 36,
+    def marker(**kw: Any) -> bytes:
+        """The empty-cycle marker of vector snapshot_empty_cycle, with ``kw`` changed."""
+        base: dict[str, Any] = {"range_start": 0, "cycle_id": 17, "position": 0, "count": 0,
+                                "leaf_seq": 0, "as_of_seq": 1, "flags": deleted | last}
+        leaf_id = kw.pop("leaf_id", 0)
+        base.update(kw)
+        return codec.encode_with_construct(datagram([snapshot(leaf_id, **base)], 1))
+
+    v.invalid("snapshot_deleted_with_length", "The empty-cycle marker (DELETED|LAST) with "
+              "total_length 10: a DELETED snapshot has total_length 0 (and so no payload).",
+              marker(total_length=10), field="messages[0].total_length", offset=body + 36,
               reason="total_length 0")
+    v.invalid("snapshot_deleted_not_marker", "A DELETED tombstone for leaf 42 (position 1 of "
+              "3, total_length 0): DELETED is valid only in the empty-cycle marker "
+              "(cycle_count 0). The reference publisher sends no other tombstones.",
+              one_snap(flags=deleted, data=b""), field="messages[0].flags",
+              offset=codec.HEADER_SIZE + 1, reason="only valid in the empty-cycle marker")
+    v.invalid("snapshot_last_not_at_end", "The snapshot vector (leaf 42, position 1 of 3) "
+              "with LAST set: LAST requires cycle_position = cycle_count - 1. Accepted, it "
+              "would assert that no leaf above 42 exists and wipe them from a replica.",
+              one_snap(flags=last), field="messages[0].flags", offset=codec.HEADER_SIZE + 1,
+              reason="LAST is set but cycle_position 1")
+    v.invalid("snapshot_empty_cycle_without_last", "The empty-cycle marker with DELETED but "
+              "not LAST: cycle_count 0 requires both.", marker(flags=deleted),
+              field="messages[0].cycle_count", offset=body + 16,
+              reason="only valid for the DELETED|LAST marker")
+    v.invalid("snapshot_empty_cycle_leaf_id", "The empty-cycle marker with leaf_id 5 "
+              "(range_start 0): the marker's leaf_id is 0.", marker(leaf_id=5),
+              field="messages[0].leaf_id", offset=body, reason="has leaf_id 5, not 0")
+    v.invalid("snapshot_empty_cycle_leaf_seq", "The empty-cycle marker with leaf_seq 4: the "
+              "marker's leaf_seq is 0.", marker(leaf_seq=4), field="messages[0].leaf_seq",
+              offset=body + 20, reason="has leaf_seq 4, not 0")
 
     # ---------------------------------------------------------------- invalid: TOUCHED rules
     tbody = codec.HEADER_SIZE + codec.MESSAGE_HEADER_SIZE  # a lone TOUCHED's body
@@ -537,6 +575,27 @@ def build() -> list[dict[str, Any]]:
               field="messages[2].end_seq",
               offset=codec.HEADER_SIZE + 2 * codec.DELTA_OVERHEAD + 2 + codec.MESSAGE_HEADER_SIZE
               + 8, reason="ahead of the stream (10003)")
+
+    # ---------------------------------------------------------------- invalid: sequence overflow
+    sequence_at = 20  # the header field every overflow error names
+    v.invalid("delta_sequence_overflow", "Header sequence 2^64 - 1 and two DELTAs: the second "
+              "would be stream sequence 2^64, which does not exist (sequences never wrap).",
+              codec.encode_with_construct(datagram([delta(1, 1, b"a"), delta(2, 1, b"b")],
+                                                   U64)),
+              field="sequence", offset=sequence_at, reason="beyond 2^64 - 1")
+    v.invalid("snapshot_as_of_seq_bound_overflow", "A SNAPSHOT behind DELTA 2^64 - 1: the "
+              "bound for its as_of_seq (header sequence + 1 DELTA before it) is 2^64, beyond "
+              "2^64 - 1, so the datagram is invalid whatever as_of_seq says.",
+              codec.encode_with_construct(datagram(
+                  [delta(1, 1, b"a"),
+                   snapshot(3, range_start=0, cycle_id=1, position=0, count=1, leaf_seq=2,
+                            as_of_seq=U64, data=b"c", flags=last)], U64)),
+              field="sequence", offset=sequence_at, reason="as_of_seq bound 18446744073709551616")
+    v.invalid("touched_end_seq_bound_overflow", "A TOUCHED behind DELTA 2^64 - 1: the bound "
+              "for its end_seq (header sequence + 1 DELTA before it) is 2^64, beyond 2^64 - 1.",
+              codec.encode_with_construct(datagram(
+                  [delta(1, 1, b"a"), Touched(U64 - 1, U64, ((3, 2),))], U64)),
+              field="sequence", offset=sequence_at, reason="end_seq bound 18446744073709551616")
     return v.items
 
 
