@@ -442,12 +442,15 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def _drain(self, now: float) -> None:
         reorder = self._reorder
+        drained = False
         while self.expected is not None:
             datagram = reorder.pop_ready(self.expected)
             if datagram is None:
                 break
             self._process(datagram, now)
-        reorder.restart_timer(now)
+            drained = True
+        if drained:
+            reorder.restart_timer(now)
 
     def _declare_gap(self, end: int, now: float) -> None:
         first = self.expected

@@ -47,6 +47,7 @@ __all__ = [
     "describe",
     "encode",
     "encode_with_construct",
+    "restamped",
 ]
 
 _HEADER = struct.Struct(wire.struct_format(wire.Header))
@@ -622,6 +623,19 @@ class DatagramBuilder:
         self._offset = offset + MESSAGE_HEADER_SIZE + fields.size
         self._count += 1
         return True
+
+
+def restamped(datagram: bytes | bytearray | memoryview, send_time_ns: int) -> bytes:
+    """A copy of an encoded datagram with another header ``send_time_ns``.
+
+    Used for the repeated copies of END_OF_SESSION: receivers treat byte-identical
+    datagrams as one (a replay or a network duplicate), so each copy carries its own time.
+    """
+    copy = bytearray(datagram)
+    fields = list(_HEADER.unpack_from(copy, 0))
+    fields[-1] = send_time_ns
+    _HEADER.pack_into(copy, 0, *fields)
+    return bytes(copy)
 
 
 def encode(datagram: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes:

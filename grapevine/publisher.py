@@ -50,6 +50,7 @@ from typing import Any, Generic, Literal, NoReturn
 from ._errors import ClosedError, ConfigError, PublisherFailedError
 from ._publisher_core import PublisherConfig, PublisherCore, QueueFullError
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
+from .codec import restamped
 from .model import DeltaT, LeafModel, LeafT
 
 __all__ = ["Publisher", "PublisherConfig", "PublisherFailedError", "QueueFullError"]
@@ -385,9 +386,9 @@ class Publisher(Generic[LeafT, DeltaT]):
             if self._core.ended:
                 return
             final = bytes(self._core.end_of_session(time.monotonic(), time.time_ns()))
-        for _ in range(_END_OF_SESSION_COPIES):
+        for copy in range(_END_OF_SESSION_COPIES):
             try:
-                self._socket.send(final)
+                self._socket.send(restamped(final, time.time_ns() + copy))
             except OSError as exc:
                 self.send_errors += 1
                 log.warning("grapevine end-of-session send failed: %s", exc)

@@ -17,6 +17,7 @@ from typing import Any
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import StatusEvent, SubscriberConfig, SubscriberCore
+from grapevine.codec import restamped
 
 _CHAIN = struct.Struct("<QQ")
 _MASK = (1 << 61) - 1
@@ -131,8 +132,8 @@ class Simulation:
         if clean:
             self._flush()
             datagram = bytes(old.end_of_session(self.now))
-            for _ in range(3):
-                self._broadcast(datagram)
+            for copy in range(3):  # each copy stamped apart, as the runtime publisher does
+                self._broadcast(restamped(datagram, round(self.now * 1e9) + copy))
         self.publisher = PublisherCore(self.model, self.publisher_config, now=self.now,
                                        initial=dict(old.leaves.items()) if keep_state else None,
                                        session_id=self.rng.getrandbits(63) + 1)

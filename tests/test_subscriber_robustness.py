@@ -1,0 +1,221 @@
+"""Scripted hostile cases for the subscriber core: each names the attack it models.
+
+The explorer (test_explorer.py) searches for new failures; these pin behaviours of the
+defences themselves: confirmation of sequence jumps, the position watchdog, inconsistent
+datagrams, END_OF_SESSION rules, resync, lag, heartbeat clamping.
+"""
+
+from __future__ import annotations
+
+from helpers import ChainModel
+
+from grapevine._publisher_core import PublisherConfig, PublisherCore
+from grapevine._subscriber_core import Status, SubscriberConfig, SubscriberCore
+from grapevine.codec import DatagramBuilder, Delta, decode, encode, restamped
+
+QUIET = PublisherConfig(min_cycle_s=0.05, heartbeat_interval_s=0.1, touched_interval_s=0.0)
+
+
+class Feed:
+    """One publisher core and one subscriber core on a virtual clock; datagrams by hand."""
+
+    def __init__(self, leaves: int = 5, session_id: int = 11,
+                 config: SubscriberConfig | None = None) -> None:
+        self.pub = PublisherCore(ChainModel(), QUIET, now=0.0, session_id=session_id)
+        self.sub = SubscriberCore(ChainModel(), config or SubscriberConfig())
+        self.now = 0.0
+        for leaf_id in range(leaves):
+            self.pub.publish(leaf_id, leaf_id)
+
+    def sent(self) -> list[bytes]:
+        out = []
+        while (datagram := self.pub.next_datagram(self.now)) is not None:
+            out.append(bytes(datagram))
+        return out
+
+    def deliver(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            self.now += 0.0001
+            self.sub.receive(datagram, self.now)
+            self.sub._check()
+
+    def run(self, seconds: float, *, publish: bool = False) -> None:
+        """Let time pass with an honest stream (10 ms ticks)."""
+        end = self.now + seconds
+        tick = 0
+        while self.now < end:
+            self.now += 0.01
+            tick += 1
+            if publish:
+                self.pub.publish(tick % 5, tick)
+            self.deliver(self.sent())
+            self.sub.poll(self.now)
+            self.sub._check()
+
+    def equal(self) -> bool:
+        return self.sub.values() == dict(self.pub.leaves.items())
+
+    def heartbeat_at(self, sequence: int, interval_ms: int = 100,
+                     session_id: int | None = None) -> bytes:
+        builder = DatagramBuilder(0, session_id or self.pub.session_id)
+        builder.start(sequence)
+        builder.add_heartbeat(interval_ms)
+        return bytes(builder.finish(round(self.now * 1e9) + 7))
+
+
+def test_a_lone_datagram_far_ahead_never_moves_the_stream() -> None:
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    assert feed.sub.synced
+    expected = feed.sub.expected
+    assert expected is not None
+    forged = feed.heartbeat_at(1 << 62)
+    feed.deliver([forged, forged])  # a replayed copy confirms nothing
+    feed.run(0.5, publish=True)
+    assert feed.sub.stats.gaps == 0
+    assert feed.sub.stats.unconfirmed_datagrams >= 1  # expired after the restart grace
+    assert feed.sub.expected is not None
+    assert feed.sub.expected > expected
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_confirmed_forged_jump_is_undone_by_the_position_watchdog() -> None:
+    """Two distinct forged datagrams confirm a jump to 2**62; the honest stream then stays
+    behind the position, which is distrusted after the restart grace: a resync."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    feed.deliver([feed.heartbeat_at(1 << 62), feed.heartbeat_at(1 << 62, interval_ms=99)])
+    feed.now += 0.05
+    feed.sub.poll(feed.now)  # the reorder window passes: a gap to 2**62
+    assert feed.sub.stats.gaps == 1
+    assert not feed.sub.synced
+    feed.run(1.0, publish=True)
+    assert feed.sub.stats.resyncs == 1
+    event = feed.sub.last_distrust
+    assert event is not None
+    assert event.kind is Status.RESYNC
+    feed.run(0.5, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_replayed_datagram_at_the_current_position_is_dropped_whole() -> None:
+    """An old datagram re-sequenced to the next position: all its deltas repeat leaf_seqs
+    the leaves already have, so it is not this position's; the honest one still applies."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    feed.pub.publish(1, 111)
+    feed.pub.publish(2, 222)
+    old = [d for d in feed.sent() if any(type(m) is Delta for m in decode(d).messages)][-1]
+    feed.deliver([old])
+    feed.pub.publish(3, 333)
+    honest = feed.sent()
+    forged = decode(old)._replace(sequence=decode(honest[0]).sequence)
+    feed.deliver([encode(forged)])
+    assert feed.sub.stats.inconsistent_datagrams == 1
+    feed.deliver(honest)
+    assert feed.sub.is_fresh(3)
+    assert feed.sub.get(3) == feed.pub.leaves[3]
+    assert feed.sub.stats.gaps == 0
+    assert feed.equal()
+
+
+def test_a_forged_end_of_session_is_undone_by_the_next_datagram() -> None:
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    assert feed.sub.synced
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(feed.pub.next_seq)
+    builder.add_end_of_session()
+    feed.deliver([bytes(builder.finish(1))])
+    assert feed.sub.ended
+    assert not feed.sub.synced
+    feed.run(0.2)  # heartbeats only
+    assert not feed.sub.ended
+    assert feed.sub.synced
+    assert Status.RESUMED in [event.kind for event in feed.sub.events]
+
+
+def test_a_forged_session_after_a_forged_end_lets_the_real_one_back() -> None:
+    """END_OF_SESSION and a datagram of a new session, both forged: the subscriber follows
+    the forgery, which then falls silent; the real session is taken back and rebuilt."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(feed.pub.next_seq)
+    builder.add_end_of_session()
+    feed.deliver([bytes(builder.finish(1)), feed.heartbeat_at(1, session_id=999)])
+    assert feed.sub.session_id == 999
+    feed.run(1.0, publish=True)
+    assert feed.sub.session_id == feed.pub.session_id
+    feed.run(0.5, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_hole_before_end_of_session_does_not_hold_up_the_next_session() -> None:
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    feed.pub.publish(0, 5)
+    feed.sent()  # the last deltas are lost
+    end = bytes(feed.pub.end_of_session(feed.now))
+    # Three copies, each stamped apart (as Publisher.close sends them): two distinct
+    # datagrams at one sequence confirm the hole, so END_OF_SESSION is reached.
+    feed.deliver([restamped(end, 100 + copy) for copy in range(3)])
+    feed.now += 0.05
+    feed.sub.poll(feed.now)
+    assert feed.sub.ended
+    successor = PublisherCore(ChainModel(), QUIET, now=feed.now, session_id=12,
+                              initial=dict(feed.pub.leaves.items()))
+    feed.pub = successor
+    feed.run(0.05)  # well inside the restart grace
+    assert feed.sub.session_id == 12
+    feed.run(0.3)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_resync_rebuilds_the_replica_from_the_cycle() -> None:
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    feed.sub.resync(feed.now)
+    assert feed.sub.values() == {}
+    assert not feed.sub.synced
+    assert feed.sub.stats.resyncs == 1
+    feed.run(0.3, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_forged_heartbeat_interval_is_clamped() -> None:
+    feed = Feed()
+    feed.run(0.3)
+    feed.deliver([feed.heartbeat_at(feed.pub.next_seq, interval_ms=1)])
+    assert feed.sub.restart_grace_s >= 0.1  # not 2 ms: a pause is not a restart
+    feed.deliver([feed.heartbeat_at(feed.pub.next_seq, interval_ms=0xFFFFFFFF)])
+    assert feed.sub.silence_timeout_s <= 90  # silence is still noticed
+
+
+def test_lag_is_measured_without_clock_sync_and_reported() -> None:
+    """The publisher's clock is 1000 s off ours; a subscriber that falls 2 s behind
+    reports LAGGING, and CAUGHT_UP once it is back."""
+    sub = SubscriberCore(ChainModel(), SubscriberConfig(lag_warning_s=1.0))
+    offset_ns = 1000 * 10**9
+
+    def heartbeat(sent_at: float, received_at: float) -> None:
+        builder = DatagramBuilder(0, 5)
+        builder.start(1)
+        builder.add_heartbeat(100)
+        sub.receive(bytes(builder.finish(round(sent_at * 1e9) + offset_ns)), received_at)
+
+    for step in range(10):
+        heartbeat(step * 0.1, step * 0.1 + 0.001)
+    assert sub.lag_s < 0.01
+    heartbeat(1.0, 3.0)
+    assert sub.lagging
+    assert abs(sub.lag_s - 2.0) < 0.01
+    heartbeat(3.1, 3.101)
+    assert not sub.lagging
+    kinds = [event.kind for event in sub.events]
+    assert kinds.index(Status.LAGGING) < kinds.index(Status.CAUGHT_UP)
