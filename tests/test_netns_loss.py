@@ -26,7 +26,7 @@ pytestmark = [
 def test_ten_percent_kernel_loss_converges_exactly() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "loss_run.py"), "--loss", "10", "--seconds", "3",
-         "--leaves", "300", "--rate", "10000", "--subscribers", "2", "--port", "47611"],
+         "--leaves", "300", "--rate", "10000", "--subscribers", "2"],
         capture_output=True, text=True, timeout=110, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

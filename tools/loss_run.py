@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def main() -> int:
     parser.add_argument("--leaves", type=int, default=1000, help="instruments (order books)")
     parser.add_argument("--rate", type=int, default=20_000, help="deltas per second")
     parser.add_argument("--subscribers", type=int, default=3)
-    parser.add_argument("--port", type=int, default=47500)
+    parser.add_argument("--port", type=int, default=0,
+                        help="UDP port (0: one the kernel picks inside the namespace)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--touched-interval", type=float,
                         default=PublisherConfig().touched_interval_s,
@@ -73,15 +75,25 @@ def nft(*words: str) -> None:
     subprocess.run(["nft", *words], check=True)
 
 
+def free_port(group: str) -> int:
+    """A port nothing in this (private) namespace holds for ``group``: the kernel's pick."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((group, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def run_inside(args: argparse.Namespace) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    group = "239.255.73.1"
+    args.port = args.port or free_port(group)
     nft("add", "table", "inet", _TABLE)
     nft("add", "chain", "inet", _TABLE, "input",
         "{ type filter hook input priority 0; policy accept; }")
     nft("add", "rule", "inet", _TABLE, "input", "udp", "dport", str(args.port),
         "numgen", "random", "mod", "100", "<", str(args.loss), "counter", "drop")
     model = OrderBookModel()
-    endpoint = {"group": "239.255.73.1", "port": args.port}
+    endpoint = {"group": group, "port": args.port}
     stale_at: dict[tuple[int, int], float] = {}
     repair_times: list[float] = []
     lock = threading.Lock()
