@@ -113,6 +113,7 @@ class SubscriberStats:
     unconfirmed_datagrams: int = 0  # held ahead of a hole, never confirmed: dropped
     inconsistent_datagrams: int = 0  # new DELTAs that all contradicted the leaves: dropped
     deltas: int = 0
+    late_deltas: int = 0  # behind the position, yet a held leaf's next change: applied
     duplicate_deltas: int = 0
     snapshots: int = 0
     snapshots_used: int = 0  # snapshots that installed, repaired or proved a leaf
@@ -497,7 +498,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if type(message) is Delta:
                 seq, leaf_id, leaf_seq, flags, payload = message
                 if seq < expected:
-                    duplicates += 1
+                    if not self._late_delta(message, now):
+                        duplicates += 1
                     continue
                 rec = leaves_get(leaf_id)
                 if (rec is not None and leaf_seq == rec.leaf_seq + 1 and not flags
@@ -554,6 +556,31 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 stats.duplicate_datagrams += 1
         if in_order and datagram.send_time_ns:
             self._measure_lag(datagram.send_time_ns, now)
+
+    def _late_delta(self, delta: Delta, now: float) -> bool:
+        """A DELTA behind the stream position that is the next change of a held leaf: the
+        position passed it without it (reordered past a gap, or a forged DELTA took its
+        sequence). Applying it is right whatever else the leaf missed; a leaf reported
+        fresh that lacked it was wrong. True if it was used."""
+        rec = self.leaves.get(delta.leaf_id)
+        if (rec is None or rec.stale or delta.flags or rec.value is _ABSENT
+                or delta.leaf_seq != rec.leaf_seq + 1):
+            return False
+        if not self._gaps.is_suspect(rec.checked):
+            self._distrust(Status.LEAF_DIVERGED, now,
+                           f"a late DELTA is the leaf's next change ({delta.leaf_seq})",
+                           delta.leaf_id)
+        try:
+            change = self.model.decode_delta(delta.payload)  # type: ignore[arg-type]
+            rec.value = self.model.apply(rec.value, change)
+        except Exception as exc:  # noqa: BLE001 - the model rejected remote data
+            self._bad_delta(rec, delta.leaf_id, delta.seq, exc, now)
+            return True
+        rec.leaf_seq = delta.leaf_seq
+        rec.seen_seq = max(rec.seen_seq, delta.seq)
+        self.stats.late_deltas += 1
+        self.updates.append((delta.leaf_id, CHANGED, rec.value, change))
+        return True
 
     def _all_contradict(self, datagram: Decoded, from_seq: int) -> bool:
         """True if no DELTA of ``datagram`` at or after ``from_seq`` agrees with a leaf."""

@@ -219,3 +219,24 @@ def test_lag_is_measured_without_clock_sync_and_reported() -> None:
     assert not sub.lagging
     kinds = [event.kind for event in sub.events]
     assert kinds.index(Status.LAGGING) < kinds.index(Status.CAUGHT_UP)
+
+
+def test_a_forged_delta_that_takes_the_next_sequence_cannot_hide_the_real_one() -> None:
+    """A forged DELTA at the sequence the publisher has not used yet consumes it; the
+    real DELTA then arrives 'behind' the position, yet it is its leaf's next change, so it
+    is applied (and the leaf it reveals as behind is counted as a divergence)."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    leaf_seq = feed.pub.leaf_seq(4)
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(feed.pub.next_seq)
+    builder.add_delta(0, feed.pub.leaf_seq(0) + 50, 0, (9).to_bytes(8, "little"))
+    feed.deliver([bytes(builder.finish(1))])  # leaf 0 jumps: stale, repaired later
+    feed.pub.publish(4, 444)
+    feed.deliver(feed.sent())
+    assert feed.pub.leaf_seq(4) == leaf_seq + 1
+    assert feed.sub.stats.late_deltas == 1
+    assert feed.sub.get(4) == feed.pub.leaves[4]
+    feed.run(0.5, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
