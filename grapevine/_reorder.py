@@ -3,8 +3,8 @@
 A datagram whose header ``sequence`` is beyond the next expected one proves that DELTAs are
 missing before it, *if it is genuine*. A hole is declared a gap (SPEC §12(b)) only when
 
-* the reorder window has passed: ``window_s`` since the hole opened (or since the last
-  buffered datagram was drained), or ``window_datagrams`` datagrams are buffered; and
+* the reorder window has passed: ``window_s`` since the hole opened (or since a buffered
+  datagram was last drained), or ``window_datagrams`` datagrams are buffered; and
 * the buffer is **confirmed**: it holds two distinct datagrams that follow each other in
   the stream (one at ``s`` carrying ``n`` DELTAs and another at ``s + n``). An honest
   publisher confirms a hole within one heartbeat interval at most, since every datagram it
@@ -13,7 +13,9 @@ missing before it, *if it is genuine*. A hole is declared a gap (SPEC §12(b)) o
   Aeron drops data beyond its receiver window). Light reordering in quiet periods is
   therefore not loss: a lone early datagram waits for its company.
 
-Unconfirmed datagrams older than ``max_unconfirmed_s`` are dropped and counted.
+Unconfirmed datagrams older than ``max_age_s`` are dropped and counted. Everything a
+datagram costs on arrival is O(1) (or O(log n) for the heap); the O(n) recounts happen only
+after datagrams leave, at most once per departure.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ReorderBuffer:
         self._raw: set[bytes] = set()
         self._arrival = itertools.count()
         self.hole_since = 0.0
+        self._by_sequence: dict[int, int] = {}  # held datagrams per header sequence
+        self._successors: dict[int, int] = {}  # s + n of held datagrams with n > 0
+        self._empty: dict[int, int] = {}  # held DELTA-less datagrams per sequence
+        self._confirmed = False
+        self._oldest = float("inf")  # earliest arrival among held datagrams
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -64,13 +71,23 @@ class ReorderBuffer:
                 return False
             heap.remove(farthest)
             heapq.heapify(heap)
-            self._raw.discard(farthest.raw)
+            self._forget(farthest)
         if not heap:
             self.hole_since = now
+        sequence = datagram.sequence
         deltas = sum(1 for message in datagram.messages if type(message) is Delta)
-        heapq.heappush(self._heap, _Held(datagram.sequence, next(self._arrival), now, deltas,
-                                         raw, datagram))
+        by_sequence, successors, empty = self._by_sequence, self._successors, self._empty
+        if (by_sequence.get(sequence + deltas) or successors.get(sequence)
+                or empty.get(sequence)):
+            self._confirmed = True
+        by_sequence[sequence] = by_sequence.get(sequence, 0) + 1
+        if deltas:
+            successors[sequence + deltas] = successors.get(sequence + deltas, 0) + 1
+        else:
+            empty[sequence] = empty.get(sequence, 0) + 1
+        heapq.heappush(heap, _Held(sequence, next(self._arrival), now, deltas, raw, datagram))
         self._raw.add(raw)
+        self._oldest = min(self._oldest, now)
         return True
 
     def pop_ready(self, expected: int) -> Decoded | None:
@@ -78,7 +95,7 @@ class ReorderBuffer:
         heap = self._heap
         if heap and heap[0].sequence <= expected:
             held = heapq.heappop(heap)
-            self._raw.discard(held.raw)
+            self._forget(held)
             return held.datagram
         return None
 
@@ -90,54 +107,84 @@ class ReorderBuffer:
     def gap_end(self, now: float) -> int | None:
         """Where a gap ends if the hole should be declared one now, else None."""
         heap = self._heap
-        if not heap:
+        if not heap or not self._confirmed:
             return None
         if now - self.hole_since < self.window_s and len(heap) < self.window_datagrams:
             return None
-        if not self.confirmed():
-            return None
         return heap[0].sequence
-
-    def confirmed(self) -> bool:
-        """True if two distinct held datagrams follow each other in the stream."""
-        by_sequence: dict[int, int] = {}
-        for held in self._heap:
-            by_sequence[held.sequence] = by_sequence.get(held.sequence, 0) + 1
-        for held in self._heap:
-            # A DELTA-less datagram is followed by another at the same sequence.
-            if by_sequence.get(held.sequence + held.deltas, 0) > (0 if held.deltas else 1):
-                return True
-        return False
 
     def drop_unconfirmed(self, now: float, max_age_s: float) -> int:
         """Drop datagrams held longer than ``max_age_s`` that nothing confirmed."""
         heap = self._heap
-        if not heap or self.confirmed():
+        if not heap or now - self._oldest < max_age_s or self._confirmed:
             return 0
         keep = [held for held in heap if now - held.arrived_at < max_age_s]
         dropped = len(heap) - len(keep)
-        if dropped:
-            heapq.heapify(keep)
-            self._heap = keep
-            self._raw = {held.raw for held in keep}
-            self.hole_since = now
+        heapq.heapify(keep)
+        self._heap = keep
+        self._recount()
+        self.hole_since = now
         return dropped
 
     def next_deadline(self, max_age_s: float) -> float | None:
         """When a timer next matters: the window's end, or the oldest datagram's expiry."""
-        heap = self._heap
-        if not heap:
+        if not self._heap:
             return None
-        oldest = min(held.arrived_at for held in heap)
-        return min(self.hole_since + self.window_s, oldest + max_age_s)
+        return min(self.hole_since + self.window_s, self._oldest + max_age_s)
 
     def clear(self) -> None:
         self._heap = []
-        self._raw = set()
+        self._recount()
+
+    def _forget(self, held: _Held) -> None:
+        """A datagram left: undo its counts; confirmation is recounted (O(n)) only if it
+        may have depended on it."""
+        self._raw.discard(held.raw)
+        if self._confirmed or held.arrived_at == self._oldest:
+            self._recount()
+            return
+        _decrement(self._by_sequence, held.sequence)
+        if held.deltas:
+            _decrement(self._successors, held.sequence + held.deltas)
+        else:
+            _decrement(self._empty, held.sequence)
+
+    def _recount(self) -> None:
+        heap = self._heap
+        self._raw = {held.raw for held in heap}
+        by_sequence: dict[int, int] = {}
+        successors: dict[int, int] = {}
+        empty: dict[int, int] = {}
+        for held in heap:
+            by_sequence[held.sequence] = by_sequence.get(held.sequence, 0) + 1
+            if held.deltas:
+                target = held.sequence + held.deltas
+                successors[target] = successors.get(target, 0) + 1
+            else:
+                empty[held.sequence] = empty.get(held.sequence, 0) + 1
+        self._by_sequence, self._successors, self._empty = by_sequence, successors, empty
+        self._confirmed = any(
+            by_sequence.get(held.sequence + held.deltas, 0) > (0 if held.deltas else 1)
+            for held in heap)
+        self._oldest = min((held.arrived_at for held in heap), default=float("inf"))
 
     def _check(self, expected: int | None) -> None:
-        assert len(self._raw) == len(self._heap)
-        assert {held.raw for held in self._heap} == self._raw
-        assert len(self._heap) <= self.window_datagrams
-        if expected is not None and self._heap:
-            assert self._heap[0].sequence > expected, "a ready datagram was left behind"
+        heap = self._heap
+        assert len(self._raw) == len(heap)
+        assert {held.raw for held in heap} == self._raw
+        assert len(heap) <= self.window_datagrams
+        if expected is not None and heap:
+            assert heap[0].sequence > expected, "a ready datagram was left behind"
+        confirmed = any(
+            sum(1 for other in heap if other.sequence == held.sequence + held.deltas)
+            > (0 if held.deltas else 1) for held in heap)
+        assert self._confirmed == confirmed, (self._confirmed, confirmed)
+        assert self._oldest == min((held.arrived_at for held in heap), default=float("inf"))
+
+
+def _decrement(counts: dict[int, int], key: int) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

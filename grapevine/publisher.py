@@ -255,6 +255,11 @@ class Publisher(Generic[LeafT, DeltaT]):
             self._closed = True
             self._room.notify_all()
             unreported = self._failure is not None and not self._failure_raised
+        if self._thread.is_alive():
+            # It could not send what was queued in time: it stops at its next datagram
+            # rather than send on a closed socket (subscribers see the session fall silent).
+            log.warning("grapevine publisher closed with %d deltas unsent after %.1f s",
+                        self._core.queued_deltas, timeout)
         self._socket.close()
         if unreported:
             with self._lock:
@@ -371,6 +376,8 @@ class Publisher(Generic[LeafT, DeltaT]):
                           "it: %r", leaf_id, exc, exc_info=exc)
             if stop:
                 break
+            if self._closed:  # close() gave up waiting: the socket is gone
+                return
             if datagram is None:
                 continue
             try:
