@@ -1,4 +1,5 @@
-"""Which leaf ids snapshots have asserted the state of: a union of closed id ranges."""
+"""Which leaf ids snapshots have asserted the state of: a union of closed id ranges, and
+whether the assertions come from more than one snapshot cycle."""
 
 from __future__ import annotations
 
@@ -10,14 +11,44 @@ __all__ = ["Coverage"]
 
 
 class Coverage:
-    """Union of leaf-id ranges asserted by snapshots: disjoint, non-adjacent [lo, hi] pairs."""
+    """Union of leaf-id ranges asserted by snapshots: disjoint, non-adjacent [lo, hi] pairs.
 
-    __slots__ = ("ranges",)
+    The ranges are *complete* when they cover every id; they are *corroborated* when the
+    snapshots behind them came from at least two datagrams that differ in header
+    ``sequence`` or ``cycle_id`` (the snapshot's *source*). One datagram can carry a whole
+    cycle (a few small leaves, or a copy of one snapshot re-flagged LAST), so without a
+    second source a single forged or mutated claim could make a joiner believe a partial
+    replica is whole (SPEC §12(g)); copies of one datagram, however re-stamped, share a
+    source. A cycle spread over several datagrams corroborates itself; where a quiet
+    stream's cycle fits in one datagram, the second source is the next cycle."""
+
+    __slots__ = ("_first_source", "_sources_differ", "ranges")
 
     def __init__(self) -> None:
         self.ranges: SortedDict[int, int] = SortedDict()
+        self._first_source: tuple[int, int] | None = None
+        self._sources_differ = False
 
-    def add(self, lo: int, hi: int) -> None:
+    def add(self, lo: int, hi: int, source: tuple[int, int]) -> None:
+        """A snapshot from ``source`` (header sequence, cycle_id) asserted the state of
+        ids ``lo``..``hi``."""
+        self._note_source(source)
+        self._add_range(lo, hi)
+
+    def merge(self, other: Coverage) -> None:
+        if other._first_source is not None:
+            self._note_source(other._first_source)
+        self._sources_differ |= other._sources_differ
+        for lo, hi in other.ranges.items():
+            self._add_range(lo, hi)
+
+    def _note_source(self, source: tuple[int, int]) -> None:
+        if self._first_source is None:
+            self._first_source = source
+        elif source != self._first_source:
+            self._sources_differ = True
+
+    def _add_range(self, lo: int, hi: int) -> None:
         ranges = self.ranges
         index = ranges.bisect_right(lo) - 1
         if index >= 0:
@@ -38,13 +69,15 @@ class Coverage:
             hi = max(hi, ranges.pop(start))
         ranges[lo] = hi
 
-    def merge(self, other: Coverage) -> None:
-        for lo, hi in other.ranges.items():
-            self.add(lo, hi)
-
     @property
     def complete(self) -> bool:
+        """Every id from 0 to MAX_LEAF_ID is covered."""
         return self.ranges.get(0) == wire.MAX_LEAF_ID
+
+    @property
+    def known(self) -> bool:
+        """Complete and corroborated."""
+        return self._sources_differ and self.ranges.get(0) == wire.MAX_LEAF_ID
 
     def _check(self) -> None:
         previous_end = -2
@@ -52,3 +85,4 @@ class Coverage:
             assert lo <= hi, (lo, hi)
             assert lo > previous_end + 1, "ranges overlap or touch"
             previous_end = hi
+        assert self._first_source is not None or not (self.ranges or self._sources_differ)

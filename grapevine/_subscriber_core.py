@@ -136,6 +136,7 @@ class SubscriberStats:
     buffer_overflows: int = 0
     bad_payloads: int = 0  # payloads the model rejected (decode or apply raised)
     divergences: int = 0  # evidence contradicted what the replica held as fresh
+    census_mismatches: int = 0  # a snapshot's leaf count contradicted a complete coverage
     resyncs: int = 0  # the whole state was distrusted and rebuilt (resync events)
 
 
@@ -265,7 +266,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """Distrust the whole replica and rebuild it from the stream (the session stays).
 
         Every held leaf is reported DELETED and comes back from the snapshot cycle; the
-        replica is SYNCED again after one complete cycle.
+        replica is SYNCED again after one complete cycle (two where a quiet stream's cycle
+        fits in one datagram: SPEC §12(g)).
         """
         self._resync(now, reason)
         self._update_synced(now)
@@ -372,6 +374,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._coverage = Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
+        self._datagram_sequence = 0
         # Leaves known absent: leaf_id -> (leaf_seq they had, first sequence they are
         # absent at). Stops an older snapshot resurrecting them.
         self._gone: dict[int, tuple[int, int]] = {}
@@ -499,6 +502,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         reason="data after END_OF_SESSION")
         in_order = datagram.sequence >= expected
         first_new = expected
+        self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         for message in datagram.messages:
             if type(message) is Delta:
                 seq, leaf_id, leaf_seq, flags, payload = message
@@ -831,7 +835,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             coverage, coverage_from, known = self._saved_coverage
             coverage.merge(self._coverage)
             self._coverage, self._coverage_from = coverage, coverage_from
-            self._leaf_set_known = known or coverage.complete
+            self._leaf_set_known = known or coverage.known
             self._saved_coverage = None
 
     # ------------------------------------------------------------------ snapshots
@@ -860,21 +864,41 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 self._assert_absent(leaf_id + 1, _MAX_ID, as_of, now, inclusive_hi=True)
         known_before = self._leaf_set_known  # before this snapshot's own range counts
         if not known_before and as_of >= self._coverage_from:
-            self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id)
-            if self._coverage.complete:
+            self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id,
+                               (self._datagram_sequence, snap.cycle_id))
+            if self._coverage.known:
                 self._leaf_set_known = True
         if snap.flags & SnapshotFlag.DELETED:
             rec = self.leaves.get(leaf_id)
             if rec is not None:
                 self._assert_absent(leaf_id, leaf_id, as_of, now, inclusive_hi=True)
-            return
-        rec = self.leaves.get(leaf_id)
-        if rec is None:
-            self._install(leaf_id, snap, payload, now, leaf_set_known=known_before)
-        elif rec.stale:
-            self._repair(leaf_id, rec, snap, payload, now)
         else:
-            self._verify(leaf_id, rec, snap, payload, now)
+            rec = self.leaves.get(leaf_id)
+            if rec is None:
+                self._install(leaf_id, snap, payload, now, leaf_set_known=known_before)
+            elif rec.stale:
+                self._repair(leaf_id, rec, snap, payload, now)
+            else:
+                self._verify(leaf_id, rec, snap, payload, now)
+        if as_of == self.expected and self._coverage.complete and not self.unverified:
+            self._check_census(snap, now)
+
+    def _check_census(self, snap: Snapshot, now: float) -> None:
+        """Every id is asserted absent or held, and every held leaf is fresh, as of this
+        snapshot's moment: then the replica must have exactly ``cycle_count`` leaves, with
+        ``cycle_position`` of them below this one. A mismatch means an absence claim was
+        false (forged, or mutated on the way): forget the leaf set and rebuild it."""
+        leaves = self.leaves
+        below = leaves.bisect_left(snap.leaf_id)
+        position, count = snap.cycle_position, snap.cycle_count  # 0, 0 in the empty marker
+        if below == position and len(leaves) == count:
+            return
+        if self._leaf_set_known:
+            self._distrust(Status.LEAF_DIVERGED, now,
+                           f"the publisher counts {count} leaves ({position} below leaf "
+                           f"{snap.leaf_id}), the replica {len(leaves)} ({below})")
+        self.stats.census_mismatches += 1
+        self._forget_leaf_set()
 
     def _install(self, leaf_id: int, snap: Snapshot, payload: memoryview | bytes,
                  now: float, *, leaf_set_known: bool) -> None:

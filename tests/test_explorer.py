@@ -387,15 +387,13 @@ def test_g_a_flood_of_bit_flipped_copies_heals(seed: int) -> None:
     run_schedule(SCENARIOS["chain-all"], moves)
 
 
-@pytest.mark.xfail(strict=True, reason="open defect (issue 7): a joiner with no state cannot "
-                   "yet refute a consistent forged LAST claim before the next snapshot")
 def test_h_a_forged_last_claim_does_not_make_a_joiner_synced_with_leaves_missing() -> None:
     """Found by the explorer in the rewritten core (ControlChain, 2 moves): a late joiner
     whose first datagram is a copy of leaf 0's real snapshot claiming to end the cycle
     (LAST, cycle_count 1: "leaf 0 is the only leaf") reports itself synced with leaves
     1..3 missing. A control forgery without leaf content; the claim contradicts the real
     cycle (same cycle_id and as_of_seq, cycle_count 4) as soon as any other snapshot of it
-    arrives."""
+    arrives. A leaf set is now known only from snapshots of two cycles (SPEC §12(g))."""
     world = World(ONE_CONTROL)
     world.run([("advance", 120), ("rejoin", 0), ("forge", 0, "last", 0), ("advance", 3),
                ("heal", 0, False)])

@@ -149,6 +149,7 @@ def test_callbacks_per_leaf_all_leaves_and_status(endpoint: dict[str, Any]) -> N
             assert done.wait(10)
             pub.delete(1)
             assert wait_until(lambda: 1 not in sub.values())
+            assert wait_until(lambda: Status.SYNCED in statuses)
         assert [u[2] for u in seen_leaf if u[1] is UpdateKind.CHANGED] == [b"b", b"last"]
         assert {1, 3} <= set(seen_all)
         assert wait_until(lambda: Status.SYNCED in statuses and
@@ -299,7 +300,8 @@ def test_constructor_callbacks_see_every_event_and_wait_until_applied(
 
 def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) -> None:
     model = BytesModel()
-    config = fast_publisher(linger_s=0.3, heartbeat_interval_s=5.0, min_cycle_s=5.0)
+    # Cycles every 0.5 s: a subscriber knows this small leaf set from two of them.
+    config = fast_publisher(linger_s=0.3, heartbeat_interval_s=5.0, min_cycle_s=0.5)
     with Publisher(model, config=config, **endpoint) as pub, \
             Subscriber(model, **endpoint) as sub:
         seq = 0

@@ -49,8 +49,18 @@ class Pair:
         self.now = 0.0
         for leaf_id in range(leaves):
             self.pub.publish(leaf_id, leaf_id)
-        # The creates and one whole snapshot cycle; later cycles only when forced.
+        # The creates and two whole snapshot cycles (a leaf set is known only from
+        # snapshots of two cycles); later cycles only when forced.
         self.deliver(self.full_cycle())
+        self.deliver(self.full_cycle())
+        # The summary window starts now, as if a summary had just gone out: the scripted
+        # losses below then lose deltas, not the summary that would cover them.
+        self.pub._touched_at = self.now
+
+    def two_cycles(self) -> list[bytes]:
+        """Two forced cycles: what a subscriber needs to know the leaf set again after
+        losing it (SPEC §12(g): one cycle's claims are not corroborated)."""
+        return self.full_cycle() + self.full_cycle()
 
     def sent(self) -> list[bytes]:
         return capture(self.pub, self.now)
@@ -177,7 +187,7 @@ def test_gap_makes_leaves_suspect_until_proven_and_touched_leaves_stale() -> Non
     assert sub.stale_leaves() == [0]  # only the leaf the gap is known to have touched
     assert sub.suspect_leaves() == [2, 3]  # not proven either way: not fresh either
     # A snapshot cycle proves 2 and 3 and repairs 0.
-    pair.deliver(pair.full_cycle())
+    pair.deliver(pair.two_cycles())
     assert [e.leaf_id for e in sub.events if e.kind is Status.LEAF_REPAIRED] == [0]
     assert sub.stale_leaves() == []
     assert sub.suspect_leaves() == []
@@ -225,7 +235,7 @@ def test_a_delete_lost_in_a_gap_is_found_by_the_range_assertion() -> None:
     pair.tick(0.02)
     assert 2 in pair.sub.values()
     assert not pair.sub.is_fresh(2)
-    pair.deliver(pair.full_cycle())
+    pair.deliver(pair.two_cycles())
     assert 2 not in pair.sub.values()
     assert (2, UpdateKind.DELETED, None, None) in pair.sub.updates
     assert pair.sub.synced
@@ -240,7 +250,7 @@ def test_a_create_lost_in_a_gap_is_found_in_the_next_cycle() -> None:
     pair.tick(0.02)
     assert not pair.sub.synced
     assert not pair.sub.leaf_set_known
-    pair.deliver(pair.full_cycle())
+    pair.deliver(pair.two_cycles())
     assert pair.sub.values() == dict(pair.pub.leaves.items())
     assert pair.sub.synced
 
@@ -264,6 +274,10 @@ def test_end_of_session_then_restart_rebuilds_without_mixing() -> None:
     pair.pub = new
     pair.deliver(pair.sent())
     assert Status.RESTARTED in kinds(pair.sub.events)
+    assert not pair.sub.synced  # no snapshot of the new session yet
+    pair.deliver(pair.full_cycle())
+    assert not pair.sub.synced  # one cycle of the new session: not yet corroborated
+    pair.deliver(pair.full_cycle())
     assert pair.sub.synced
     assert pair.sub.values() == dict(new.leaves.items())
     assert sorted(u[0] for u in pair.sub.updates if u[1] is UpdateKind.DELETED) == [0, 1, 2]
@@ -432,7 +446,7 @@ def test_a_late_old_snapshot_cannot_install_a_leaf_hidden_by_a_gap() -> None:
     assert pair.sub.stats.gaps == 1
     pair.deliver(old_cycle)  # arrives very late, from before the delete
     assert 10 not in pair.sub.values()
-    pair.deliver(pair.full_cycle())
+    pair.deliver(pair.two_cycles())
     assert pair.sub.synced
     assert pair.sub.values() == dict(pair.pub.leaves.items())
 
@@ -493,6 +507,6 @@ def test_without_a_covering_summary_leaves_are_proven_one_by_one() -> None:
     assert sub.stats.gaps == 1
     assert sub.stats.gaps_resolved == 0
     assert sub.suspect_leaves() == [0, 2, 3]
-    pair.deliver(pair.full_cycle())
+    pair.deliver(pair.two_cycles())
     assert sub.synced
     assert sub.values() == dict(pair.pub.leaves.items())

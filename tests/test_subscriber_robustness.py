@@ -11,7 +11,15 @@ from helpers import ChainModel
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import Status, SubscriberConfig, SubscriberCore
-from grapevine.codec import DatagramBuilder, Delta, decode, encode, restamped
+from grapevine.codec import (
+    DatagramBuilder,
+    Delta,
+    Snapshot,
+    SnapshotFlag,
+    decode,
+    encode,
+    restamped,
+)
 
 QUIET = PublisherConfig(min_cycle_s=0.05, heartbeat_interval_s=0.1, touched_interval_s=0.0)
 
@@ -238,5 +246,76 @@ def test_a_forged_delta_that_takes_the_next_sequence_cannot_hide_the_real_one() 
     assert feed.sub.stats.late_deltas == 1
     assert feed.sub.get(4) == feed.pub.leaves[4]
     feed.run(0.5, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def _snapshot_datagram(feed: Feed, snapshot: Snapshot) -> bytes:
+    """A datagram holding only ``snapshot``, at its own stream position."""
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(snapshot.as_of_seq)
+    builder.add_snapshot(snapshot._replace(payload=bytes(snapshot.payload)))
+    return bytes(builder.finish(int(feed.now * 1e9) + 1))
+
+
+def _snapshot_of(datagrams: list[bytes], leaf_id: int) -> Snapshot:
+    return next(message for decoded in map(decode, datagrams) for message in decoded.messages
+                if isinstance(message, Snapshot) and message.leaf_id == leaf_id)
+
+
+def test_one_datagram_claiming_a_whole_cycle_does_not_sync_a_joiner() -> None:
+    """A copy of leaf 0's real snapshot re-flagged as the end of a one-leaf cycle is a
+    complete, consistent claim. Alone it is not corroborated (SPEC §12(g)): the joiner
+    stays unsynced, however often the copy is repeated and re-stamped."""
+    feed = Feed(leaves=4)
+    leaf0 = _snapshot_of(feed.sent(), 0)
+    claim = leaf0._replace(flags=leaf0.flags | SnapshotFlag.LAST, cycle_count=1)
+    for _ in range(3):
+        feed.now += 0.001
+        feed.deliver([_snapshot_datagram(feed, claim)])
+    assert feed.sub.values() == {0: feed.pub.leaves[0]}
+    assert not feed.sub.leaf_set_known
+    assert not feed.sub.synced
+    feed.run(0.3)  # honest cycles: they build the real leaf set
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_false_claim_completed_by_an_honest_snapshot_fails_the_census() -> None:
+    """The forged one-leaf claim, then one honest snapshot (leaf 2, another datagram and
+    cycle): together they cover every id from two sources, but leaf 2's snapshot says the
+    publisher has 4 leaves, 2 of them below it, and the replica holds 2 (1 below). The
+    census refutes the claim: the leaf set is forgotten, never SYNCED on it."""
+    feed = Feed(leaves=4)
+    leaf0 = _snapshot_of(feed.sent(), 0)
+    claim = leaf0._replace(flags=leaf0.flags | SnapshotFlag.LAST, cycle_count=1)
+    feed.deliver([_snapshot_datagram(feed, claim)])
+    leaf2 = leaf0
+    while leaf2.cycle_id == leaf0.cycle_id:  # leaf 2's snapshot of a later cycle
+        feed.now += 0.05
+        later = feed.sent()
+        if any(s.leaf_id == 2 for d in later for s in decode(d).messages
+               if isinstance(s, Snapshot)):
+            leaf2 = _snapshot_of(later, 2)
+    feed.deliver([_snapshot_datagram(feed, leaf2)])
+    assert feed.sub.stats.census_mismatches == 1
+    assert not feed.sub.leaf_set_known
+    assert not feed.sub.synced
+    feed.run(0.3)
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_the_census_finds_a_leaf_missing_from_a_known_leaf_set() -> None:
+    """Self-healing of the leaf set itself: a synced replica that lost a leaf without any
+    claim saying so (an application or library bug) is caught by the next in-order
+    snapshot's count, reported as a divergence and rebuilt."""
+    feed = Feed(leaves=4)
+    feed.run(0.3)
+    assert feed.sub.synced
+    feed.sub._remove(3, feed.sub.leaves[3])  # the replica silently loses a leaf
+    feed.run(0.3)
+    assert feed.sub.stats.census_mismatches >= 1
+    assert feed.sub.stats.divergences >= 1
     assert feed.sub.synced
     assert feed.equal()
