@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from ._market import Market
-from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE
+from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, free_port
 from .book import BookDelta, OrderBook, OrderBookModel
 from .events import Status, StatusEvent
 from .publisher import Publisher
@@ -151,24 +150,6 @@ class _UpdateCounter:
 
     def __call__(self, leaf_id: int, kind: Any, leaf: Any, delta: Any) -> None:
         self.count += 1
-
-
-def _free_port(group: str) -> int:
-    """A random UDP port in 40000-60000 that nothing on this host holds for ``group``.
-
-    The probe binds the group address itself (never the wildcard), joins nothing and
-    sends nothing: it only asks the kernel whether the port is taken.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(40000, 60000)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((group, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free UDP port found in 40000-60000")
 
 
 # ---------------------------------------------------------------------- output
@@ -349,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     if duration <= 0 or instruments < 1 or rate <= 0:
         print("grapevine demo: --duration, --instruments and --rate must be positive")
         return 2
-    port = int(args.port) or _free_port(group)
+    port = int(args.port) or free_port(group)
     market = Market(instruments, seed)
     model = OrderBookModel()
     start = time.monotonic()

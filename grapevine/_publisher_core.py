@@ -27,6 +27,7 @@ from sortedcontainers import SortedDict
 
 from . import wire
 from ._errors import ConfigError, EncodeError
+from ._stream_id import check_stream_id
 from .codec import (
     DELTA_OVERHEAD,
     HEADER_SIZE,
@@ -73,8 +74,7 @@ class PublisherConfig:
     touched_interval_s: float = 0.01
 
     def __post_init__(self) -> None:
-        if not 0 <= self.stream_id <= 0xFFFF_FFFF:
-            raise ConfigError(f"stream_id {self.stream_id} is outside 0..2**32-1")
+        check_stream_id(self.stream_id)
         minimum = HEADER_SIZE + SNAPSHOT_OVERHEAD + _MIN_FRAGMENT
         if not minimum <= self.max_datagram_size <= wire.MAX_DATAGRAM_SIZE:
             raise ConfigError(f"max_datagram_size {self.max_datagram_size} is outside "

@@ -28,8 +28,9 @@ class _Partial:
         self.pieces: SortedDict[int, bytes] = SortedDict()  # offset -> bytes, disjoint
         self.held = 0
 
-    def add(self, offset: int, data: memoryview | bytes) -> bool:
-        """Add a fragment's new bytes; False if it disagrees with bytes already held."""
+    def new_ranges(self, offset: int, data: memoryview | bytes) -> list[tuple[int, int]] | None:
+        """The byte ranges of a fragment not held yet; None if it disagrees with bytes
+        already held. Changes nothing."""
         end = offset + len(data)
         pieces = self.pieces
         starts = pieces.keys()
@@ -47,16 +48,19 @@ class _Partial:
                 continue
             lo, hi = max(start, offset), min(piece_end, end)
             if piece[lo - start : hi - start] != data[lo - offset : hi - offset]:
-                return False
+                return None
             if lo > cursor:
                 new.append((cursor, lo))
             cursor = max(cursor, hi)
         if cursor < end:
             new.append((cursor, end))
+        return new
+
+    def add(self, offset: int, data: memoryview | bytes, new: list[tuple[int, int]]) -> None:
+        """Keep the ``new`` ranges (from :meth:`new_ranges`) of a fragment."""
         for lo, hi in new:
-            pieces[lo] = bytes(data[lo - offset : hi - offset])
+            self.pieces[lo] = bytes(data[lo - offset : hi - offset])
             self.held += hi - lo
-        return True
 
     def _check(self) -> None:
         previous_end = 0
@@ -106,22 +110,25 @@ class Reassembler:
                 self._drop(next(iter(partials)))
                 self.evicted += 1
             partial = partials[leaf_id] = _Partial(leaf_seq, as_of_seq, total_length)
-        while self.bytes_held + len(data) > self.max_total_bytes and len(partials) > 1:
+        new = partial.new_ranges(offset, data)
+        if new is None:
+            self.inconsistent += 1
+            self._drop(leaf_id)
+            return None
+        # Only bytes not held yet count against the cap: a repeated fragment costs nothing.
+        size = sum(hi - lo for lo, hi in new)
+        while self.bytes_held + size > self.max_total_bytes and len(partials) > 1:
             oldest = next(iter(partials))
             if oldest == leaf_id:  # keep the one being added to; evict the next oldest
                 oldest = next(key for key in partials if key != leaf_id)
             self._drop(oldest)
             self.evicted += 1
-        if self.bytes_held + len(data) > self.max_total_bytes:
+        if self.bytes_held + size > self.max_total_bytes:
             self._drop(leaf_id)
             self.evicted += 1
             return None
-        before = partial.held
-        if not partial.add(offset, data):
-            self.inconsistent += 1
-            self._drop(leaf_id)
-            return None
-        self.bytes_held += partial.held - before
+        partial.add(offset, data, new)
+        self.bytes_held += size
         if partial.held < total_length:
             return None
         self._drop(leaf_id)

@@ -53,6 +53,7 @@ class ReorderBuffer:
         self._empty: dict[int, int] = {}  # held DELTA-less datagrams per sequence
         self._confirmed = False
         self._oldest = float("inf")  # earliest arrival among held datagrams
+        self.evicted = 0  # held datagrams discarded to make room for nearer ones
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -72,6 +73,7 @@ class ReorderBuffer:
             heap.remove(farthest)
             heapq.heapify(heap)
             self._forget(farthest)
+            self.evicted += 1
         if not heap:
             self.hole_since = now
         sequence = datagram.sequence
@@ -116,9 +118,11 @@ class ReorderBuffer:
     def drop_unconfirmed(self, now: float, max_age_s: float) -> int:
         """Drop datagrams held longer than ``max_age_s`` that nothing confirmed."""
         heap = self._heap
-        if not heap or now - self._oldest < max_age_s or self._confirmed:
+        # Compared as arrival + age, the same sum next_deadline() returns: a poll at that
+        # deadline then always finds the datagram expired (no float rounding between).
+        if not heap or now < self._oldest + max_age_s or self._confirmed:
             return 0
-        keep = [held for held in heap if now - held.arrived_at < max_age_s]
+        keep = [held for held in heap if now < held.arrived_at + max_age_s]
         dropped = len(heap) - len(keep)
         heapq.heapify(keep)
         self._heap = keep
@@ -127,10 +131,15 @@ class ReorderBuffer:
         return dropped
 
     def next_deadline(self, max_age_s: float) -> float | None:
-        """When a timer next matters: the window's end, or the oldest datagram's expiry."""
+        """When a timer next matters: the window's end once confirmed (then a gap is
+        declared), else the oldest datagram's expiry. The window's end alone declares
+        nothing while unconfirmed, so it must not be returned: it would be in the past
+        from then on, and a caller sleeping until it would spin."""
         if not self._heap:
             return None
-        return min(self.hole_since + self.window_s, self._oldest + max_age_s)
+        if self._confirmed:
+            return self.hole_since + self.window_s
+        return self._oldest + max_age_s
 
     def clear(self) -> None:
         self._heap = []

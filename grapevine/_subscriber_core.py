@@ -44,6 +44,7 @@ from ._errors import ConfigError, DecodeError
 from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
+from ._stream_id import check_stream_id
 from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode
 from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
@@ -64,6 +65,8 @@ _RETIRED_SESSIONS = 16
 # Heartbeat intervals a receiver will learn from the stream: a forged interval can neither
 # make every pause look like a restart nor hide silence for long.
 _MIN_INTERVAL_S, _MAX_INTERVAL_S = 0.05, 30.0
+_CREATE_OR_DELETE = DeltaFlag.CREATE | DeltaFlag.DELETE  # other DELTA flag bits are reserved
+_LAG_JUMP_S = 1.0  # a delay this far below the floor needs a second datagram to count
 _LAG_WINDOW_S = 30.0  # the lag floor is the least delay seen over the last one or two
 _FULL_CHECK_EVERY = 8  # verifications of unchanged leaves: one in this many re-encodes
 
@@ -87,8 +90,7 @@ class SubscriberConfig:
     lag_warning_s: float | None = 1.0  # LAGGING when datagrams arrive this much late
 
     def __post_init__(self) -> None:
-        if not 0 <= self.stream_id <= 0xFFFF_FFFF:
-            raise ConfigError(f"stream_id {self.stream_id} is outside 0..2**32-1")
+        check_stream_id(self.stream_id)
         if self.reorder_window_s < 0 or self.reorder_window_datagrams < 2:
             raise ConfigError("reorder window must be >= 0 s and >= 2 datagrams")
         for name in ("silence_timeout_s", "restart_grace_s", "lag_warning_s"):
@@ -143,8 +145,8 @@ class SubscriberStats:
 class _Leaf:
     """One leaf's replica record."""
 
-    __slots__ = ("buffer", "checked", "leaf_seq", "required", "seen_seq", "stale", "value",
-                 "verified")
+    __slots__ = ("buffer", "checked", "claimed_by", "leaf_seq", "required", "seen_seq", "stale",
+                 "value", "verified")
 
     def __init__(self, value: Any, leaf_seq: int, checked: int, seen_seq: int) -> None:
         self.value = value
@@ -157,6 +159,9 @@ class _Leaf:
         self.buffer: list[tuple[int, int, int, bytes]] | None = None
         # (leaf_seq, hash of the encoding) last found equal to the publisher's snapshot.
         self.verified: tuple[int, int] | None = None
+        # The source (datagram sequence, cycle_id) of the absence claim that made this FRESH
+        # leaf stale: only a claim from another source may remove it.
+        self.claimed_by: tuple[int, int] | None = None
 
 
 class SubscriberCore(Generic[LeafT, DeltaT]):
@@ -225,9 +230,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             # until company confirms it and it becomes a gap.
             self._behind_since = None
             raw = bytes(data)
-            kept = self._reorder.hold(raw, decode(raw), now)
+            reorder = self._reorder
+            evicted = reorder.evicted
+            kept = reorder.hold(raw, decode(raw), now)
             if kept is True:
                 self.stats.reordered_datagrams += 1
+                # A held datagram farther ahead may have made room: dropped unconfirmed.
+                self.stats.unconfirmed_datagrams += reorder.evicted - evicted
             elif kept is None:
                 self.stats.duplicate_datagrams += 1
             else:
@@ -383,6 +392,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                                         max_partials=config.max_reassemblies)
         self._publisher_leaf_count = 0
         self._lag_floor = self._lag_floor_previous = float("inf")
+        self._lag_candidate: float | None = None  # a far lower delay awaiting confirmation
+        self._late_before_previous = False  # the previous datagram was over the threshold
         self._lag_window_start = 0.0
 
     def _anchor(self, sequence: int, now: float) -> None:
@@ -494,6 +505,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         gaps = self._gaps.count
         duplicates = applied = 0
         consistent = False  # some new DELTA agreed with the leaves
+        prechecked = False  # the datagram was judged consistent (_contradicts_the_replica)
         if self.ended and datagram.sequence >= self._ended_at and not any(
                 type(message) is EndOfSession for message in datagram.messages):
             # More data of a session that said it ended: the END_OF_SESSION was not final.
@@ -525,16 +537,19 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         append_update((leaf_id, CHANGED, value, change))
                     consistent = True
                 else:
+                    if not consistent and not prechecked:
+                        # The first new DELTA off the hot path, none agreeing before it:
+                        # judge the whole datagram before anything of it is applied.
+                        prechecked = True
+                        if self._contradicts_the_replica(datagram, seq):
+                            # Not this stream position's DELTAs (a replayed or re-sequenced
+                            # copy): drop the datagram, keep the position, leave no trace.
+                            stats.inconsistent_datagrams += 1
+                            self.expected = first_new
+                            return
                     self.expected = seq
                     verdict = self._on_delta_slow(rec, message, now)
                     if verdict is False:
-                        if not consistent and self._all_contradict(datagram, seq):
-                            # Not this stream position's DELTAs (a replayed or re-sequenced
-                            # copy): drop the datagram and keep the position.
-                            stats.inconsistent_datagrams += 1
-                            self.expected = first_new
-                            stats.deltas += applied
-                            return
                         self._contradicted_leaf(leaf_id, message, now)
                     consistent = consistent or verdict is True
                 expected = seq + 1
@@ -572,7 +587,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         sequence). Applying it is right whatever else the leaf missed; a leaf reported
         fresh that lacked it was wrong. True if it was used."""
         rec = self.leaves.get(delta.leaf_id)
-        if (rec is None or rec.stale or delta.flags or rec.value is _ABSENT
+        if (rec is None or rec.stale or delta.flags & _CREATE_OR_DELETE or rec.value is _ABSENT
                 or delta.leaf_seq != rec.leaf_seq + 1):
             return False
         if not self._gaps.is_suspect(rec.checked):
@@ -591,11 +606,17 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.updates.append((delta.leaf_id, CHANGED, rec.value, change))
         return True
 
-    def _all_contradict(self, datagram: Decoded, from_seq: int) -> bool:
-        """True if no DELTA of ``datagram`` at or after ``from_seq`` agrees with a leaf."""
-        return not any(type(message) is Delta and message.seq > from_seq
-                       and self._delta_agrees(message) is True
-                       for message in datagram.messages)
+    def _contradicts_the_replica(self, datagram: Decoded, from_seq: int) -> bool:
+        """True if some DELTA of ``datagram`` at or after ``from_seq`` contradicts a leaf
+        and none agrees with one. Pure: judged on the state before any of them."""
+        contradicted = False
+        for message in datagram.messages:
+            if type(message) is Delta and message.seq >= from_seq:
+                verdict = self._delta_agrees(message)
+                if verdict:
+                    return False
+                contradicted = contradicted or verdict is False
+        return contradicted
 
     def _delta_agrees(self, delta: Delta) -> bool | None:
         """Whether a new DELTA's leaf_seq fits what is held (None: nothing to compare)."""
@@ -751,6 +772,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._stale_count -= 1
             rec.stale = False
             rec.buffer = None
+            rec.claimed_by = None
         else:
             self._gaps.untrack(rec.checked)
             checked = max(checked, rec.checked)
@@ -823,6 +845,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             elif rec.stale:
                 rec.required = max(rec.required, end)  # its repair must cover the gaps
             elif rec.leaf_seq >= listed:
+                # Its change `listed` (not a DELETE: it is held) is in the window: the leaf
+                # exists as of `end`.
+                rec.seen_seq = max(rec.seen_seq, end - 1)
                 if rec.checked < proven:
                     self._mark_verified(rec, proven)
             else:
@@ -859,9 +884,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         last = snap.flags & SnapshotFlag.LAST
         # The range assertions: no leaf in [range_start, leaf_id) (nor above it if LAST).
         if self.leaves:
-            self._assert_absent(snap.range_start, leaf_id, as_of, now, inclusive_hi=False)
+            source = (self._datagram_sequence, snap.cycle_id)
+            self._assert_absent(snap.range_start, leaf_id, as_of, now, source,
+                                inclusive_hi=False)
             if last and leaf_id < _MAX_ID:
-                self._assert_absent(leaf_id + 1, _MAX_ID, as_of, now, inclusive_hi=True)
+                self._assert_absent(leaf_id + 1, _MAX_ID, as_of, now, source,
+                                    inclusive_hi=True)
         known_before = self._leaf_set_known  # before this snapshot's own range counts
         if not known_before and as_of >= self._coverage_from:
             self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id,
@@ -871,7 +899,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if snap.flags & SnapshotFlag.DELETED:
             rec = self.leaves.get(leaf_id)
             if rec is not None:
-                self._assert_absent(leaf_id, leaf_id, as_of, now, inclusive_hi=True)
+                self._assert_absent(leaf_id, leaf_id, as_of, now,
+                                    (self._datagram_sequence, snap.cycle_id), inclusive_hi=True)
         else:
             rec = self.leaves.get(leaf_id)
             if rec is None:
@@ -905,19 +934,18 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """A snapshot of a leaf not held: install it if it is provably current."""
         as_of = snap.as_of_seq
         gone = self._gone.get(leaf_id)
-        if gone is not None:
-            if as_of < gone[1]:
-                return  # older than the deletion we know of
-            if snap.leaf_seq <= gone[0]:
-                # The leaf exists after its deletion with no newer change: one of the two
-                # claims is false, and the later one wins.
-                self._distrust(Status.LEAF_DIVERGED, now,
-                               "a snapshot contradicts the leaf's deletion", leaf_id)
+        if gone is not None and as_of < gone[1]:
+            return  # older than the deletion we know of
         if as_of < max(self.base, self._gaps.last_end):
             return  # changes after as_of may have been lost: not provably current
         value = self._decode_leaf(payload)
         if value is _ABSENT:
             return
+        if gone is not None and snap.leaf_seq <= gone[0]:
+            # The leaf exists after its deletion with no newer change: one of the two
+            # claims is false, and the later one wins.
+            self._distrust(Status.LEAF_DIVERGED, now,
+                           "a snapshot contradicts the leaf's deletion", leaf_id)
         if leaf_set_known and gone is None:
             # Every id was asserted absent or held since the last gap, and no CREATE of
             # this leaf was seen: the leaf-set knowledge was wrong. Rebuild it.
@@ -946,9 +974,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                                leaf_id)
                 self._make_stale(rec, leaf_id, required=snap.as_of_seq, now=now)
             return
-        if snap.leaf_seq == rec.leaf_seq:
+        same_leaf_seq = snap.leaf_seq == rec.leaf_seq
+        if same_leaf_seq:
             if self._same_encoding(rec, payload):
                 self.stats.snapshots_verified += 1
+                rec.seen_seq = max(rec.seen_seq, snap.as_of_seq - 1)
                 if suspect:
                     self.stats.suspects_proven += 1
                     self._mark_verified(rec, self._gaps.proven_upto(snap.as_of_seq))
@@ -960,7 +990,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if value is _ABSENT:
             self._make_stale(rec, leaf_id, required=snap.as_of_seq, now=now)
             return
-        if not suspect:
+        if not suspect or same_leaf_seq:
+            # A gap explains a leaf behind the publisher, never other bytes at the same
+            # leaf_seq: that is a divergence even for a suspect leaf.
             self._distrust(Status.LEAF_DIVERGED, now, reason, leaf_id)
         self._mark_verified(rec, self._gaps.proven_upto(snap.as_of_seq))
         rec.value = value
@@ -1000,7 +1032,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             rec.buffer.clear()
             return
         announced = rec.value is not _ABSENT
-        self._mark_verified(rec, self._gaps.proven_upto(as_of))
+        # max: a leaf verified against every gap when it went stale, and repaired from a
+        # snapshot older than the last gap (allowed then), stays verified.
+        self._mark_verified(rec, max(rec.checked, self._gaps.proven_upto(as_of)))
         rec.value = value
         rec.leaf_seq = next_leaf_seq - 1
         rec.seen_seq = max(rec.seen_seq, as_of - 1)
@@ -1038,12 +1072,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.verified = (rec.leaf_seq, digest) if same else None
         return same
 
-    def _assert_absent(self, lo: int, hi: int, as_of: int, now: float, *,
+    def _assert_absent(self, lo: int, hi: int, as_of: int, now: float,
+                       source: tuple[int, int], *,
                        inclusive_hi: bool) -> None:
         """No leaf exists in the range as of ``as_of``: remove the leaves we hold there
         that we have not seen exist since. A fresh leaf is never removed on one claim (its
         DELETE could not have been missed): it goes stale, and the next claim removes it
-        unless a snapshot proves it first."""
+        unless a snapshot proves it first. That next claim must come from another source
+        (datagram sequence, cycle_id): a repeated copy of the first claims nothing new."""
         if lo > hi or (lo == hi and not inclusive_hi):
             return
         leaves = self.leaves
@@ -1056,6 +1092,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 self._distrust(Status.LEAF_DIVERGED, now,
                                "a snapshot claims a fresh leaf does not exist", leaf_id)
                 self._make_stale(rec, leaf_id, required=as_of, now=now)
+                rec.claimed_by = source
+                continue
+            if rec.claimed_by == source:
                 continue
             self.stats.inferred_deletes += 1
             self._remove(leaf_id, rec)
@@ -1072,9 +1111,21 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def _measure_lag(self, send_time_ns: int, now: float) -> None:
         """Lag = how much later than the promptest datagram of the last 30-60 s this one
-        arrived, on the publisher's clock against ours (no clock sync needed)."""
-        self.last_send_time_ns = send_time_ns
+        arrived, on the publisher's clock against ours (no clock sync needed).
+
+        One datagram cannot move it far: a delay more than ``_LAG_JUMP_S`` below the floor
+        (a send time far in the future: forged, corrupted, or the publisher's clock
+        stepped) lowers the floor only when the next datagram agrees, and LAGGING is
+        declared only when two datagrams in a row are late."""
         delay = now - send_time_ns / 1e9
+        floor = min(self._lag_floor, self._lag_floor_previous)
+        if delay < floor - _LAG_JUMP_S:
+            candidate = self._lag_candidate
+            self._lag_candidate = delay
+            if candidate is None or abs(delay - candidate) > _LAG_JUMP_S:
+                return  # unconfirmed: neither the floor nor the lag moves
+        self._lag_candidate = None
+        self.last_send_time_ns = send_time_ns
         if now - self._lag_window_start >= _LAG_WINDOW_S:
             self._lag_window_start = now
             self._lag_floor_previous, self._lag_floor = self._lag_floor, delay
@@ -1084,13 +1135,15 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         threshold = self.config.lag_warning_s
         if threshold is None:
             return
-        if not self.lagging and lag > threshold:
+        late = lag > threshold
+        if not self.lagging and late and self._late_before_previous:
             self.lagging = True
             self._event(Status.LAGGING, now, session_id=self.session_id,
                         reason=f"datagrams arrive {lag:.3f} s late")
         elif self.lagging and lag < threshold / 2:
             self.lagging = False
             self._event(Status.CAUGHT_UP, now, session_id=self.session_id)
+        self._late_before_previous = late
 
     def _update_synced(self, now: float) -> None:
         gaps = self._gaps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 import socket
 import struct
 import sys
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_PORT",
     "ReceiveSocket",
     "check_endpoint",
+    "free_port",
     "open_receiver",
     "open_sender",
 ]
@@ -53,6 +55,25 @@ def check_endpoint(group: str, port: int, interface: str) -> None:
     except ValueError:
         raise ConfigError(f"interface {interface!r} must be the IPv4 address of a local "
                           "interface (default 127.0.0.1)") from None
+
+
+def free_port(group: str) -> int:
+    """A random UDP port in 40000-60000 that nothing on this host holds for ``group``.
+
+    The probe binds the group address itself (never the wildcard), joins nothing and
+    sends nothing: it only asks the kernel whether the port is taken. The port is not
+    reserved; a random pick keeps two callers probing at once from choosing the same one.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(40000, 60000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((group, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free UDP port found in 40000-60000")
 
 
 def open_sender(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,

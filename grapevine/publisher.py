@@ -44,11 +44,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any, Generic, Literal, NoReturn
 
 from ._errors import ClosedError, ConfigError, PublisherFailedError
 from ._publisher_core import PublisherConfig, PublisherCore, QueueFullError
+from ._stream_id import config_for_stream
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
 from .codec import restamped
 from .model import DeltaT, LeafModel, LeafT
@@ -93,13 +94,8 @@ class Publisher(Generic[LeafT, DeltaT]):
     ) -> None:
         if on_full not in ("block", "error"):
             raise ConfigError(f"on_full must be 'block' or 'error', not {on_full!r}")
-        base = config or PublisherConfig()
-        if stream_id is None:
-            stream_id = base.stream_id
-        elif config is not None and config.stream_id != stream_id:
-            raise ConfigError(f"stream_id={stream_id} conflicts with "
-                              f"config.stream_id={config.stream_id}: give it once")
-        self.config = replace(base, stream_id=stream_id)  # validates a keyword stream_id
+        self.config = config_for_stream(config, stream_id, PublisherConfig)
+        stream_id = self.config.stream_id
         self._core: PublisherCore[LeafT, DeltaT] = PublisherCore(
             model, self.config, initial=initial, now=time.monotonic()
         )

@@ -29,6 +29,7 @@ from typing import Any, Generic
 from . import wire
 from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
 from ._errors import ClosedError, ConfigError
+from ._stream_id import config_for_stream
 from ._subscriber_core import SubscriberConfig, SubscriberCore
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
 from .events import Status, StatusEvent, UpdateKind
@@ -116,13 +117,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
         if max_callback_backlog < 1:
             raise ConfigError("max_callback_backlog must be positive")
-        base = config or SubscriberConfig()
-        if stream_id is None:
-            stream_id = base.stream_id
-        elif config is not None and config.stream_id != stream_id:
-            raise ConfigError(f"stream_id={stream_id} conflicts with "
-                              f"config.stream_id={config.stream_id}: give it once")
-        self.config = SubscriberConfig(**{**asdict(base), "stream_id": stream_id})
+        self.config = config_for_stream(config, stream_id, SubscriberConfig)
+        stream_id = self.config.stream_id
         self.group, self.port, self.stream_id = group, port, stream_id
         self._core: SubscriberCore[LeafT, DeltaT] = SubscriberCore(model, self.config)
         self._socket = open_receiver(group, port, interface=interface,

@@ -1,4 +1,5 @@
-"""Shared fixtures: every test fails if it leaks a thread (python-zeroconf's rule)."""
+"""Shared fixtures: every test fails if it leaks a thread (python-zeroconf's rule); tests that
+open real sockets take a free multicast ``endpoint``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import free_endpoint
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +31,13 @@ def verify_threads_ended() -> Iterator[None]:
         # Threads that were asked to stop get a moment to finish; wait on them, not a sleep.
         next(iter(leaked)).join(timeout=0.05)
     pytest.fail(f"threads leaked: {sorted(t.name for t in leaked)}")
+
+
+@pytest.fixture
+def endpoint() -> dict[str, Any]:
+    """``{"group", "port"}``: a test group and a port free for it on this host.
+
+    Pass it as ``**endpoint`` to Publisher, Subscriber, open_sender or open_receiver, with
+    their loopback defaults (interface 127.0.0.1, TTL 0).
+    """
+    return free_endpoint()

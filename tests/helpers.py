@@ -1,8 +1,10 @@
-"""Test helpers: leaf models and a deterministic simulated network for the sans-I/O cores.
+"""Test helpers: leaf models, a deterministic simulated network for the sans-I/O cores, and
+free multicast endpoints for the tests that open real sockets.
 
 :class:`Simulation` is our h11 ``ConnectionPair``: one :class:`PublisherCore`, any number of
 :class:`SubscriberCore` s, and a fake multicast link between them with seeded loss,
-duplication and reordering, all on a virtual clock. Nothing here touches a socket.
+duplication and reordering, all on a virtual clock. It touches no socket; only
+:func:`free_endpoint` does (a bind probe that sends nothing).
 """
 
 from __future__ import annotations
@@ -17,10 +19,23 @@ from typing import Any
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import StatusEvent, SubscriberConfig, SubscriberCore
+from grapevine._transport import free_port
 from grapevine.codec import restamped
 
 _CHAIN = struct.Struct("<QQ")
 _MASK = (1 << 61) - 1
+_endpoint_rng = random.Random()  # unseeded: concurrent test runs must not pick alike
+
+
+def free_endpoint() -> dict[str, Any]:
+    """``{"group": ..., "port": ...}``: a random test group and a port free for it on this host.
+
+    Groups are drawn from 239.255.72.1-239.255.75.250 (administratively scoped, and apart
+    from the library's default 239.255.71.x). Use it with loopback only (the default
+    interface 127.0.0.1 and TTL 0).
+    """
+    group = f"239.255.{_endpoint_rng.randrange(72, 76)}.{_endpoint_rng.randrange(1, 251)}"
+    return {"group": group, "port": free_port(group)}
 
 
 class ChainModel:

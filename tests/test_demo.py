@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import random
 import re
 import subprocess
 import sys
 
 import pytest
+from helpers import free_endpoint
 
 from grapevine import _demo
 from grapevine._market import Market
@@ -63,12 +63,11 @@ def test_demo_command_converges_after_loss_late_join_and_restart() -> None:
 
 
 def test_demo_run_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    port = random.Random().randrange(40000, 60000)
-    args = argparse.Namespace(duration=3.0, instruments=20, rate=1000.0, seed=2, port=port,
-                              group=f"239.255.75.{port % 250 + 1}")
+    where = free_endpoint()
+    args = argparse.Namespace(duration=3.0, instruments=20, rate=1000.0, seed=2, **where)
     assert _demo.run(args) == 0
     out = capsys.readouterr().out
-    assert f"on 239.255.75.{port % 250 + 1}:{port} (interface 127.0.0.1, TTL 0)" in out
+    assert f"on {where['group']}:{where['port']} (interface 127.0.0.1, TTL 0)" in out
     check_run(out, 20)
 
 
@@ -82,9 +81,8 @@ def test_demo_reports_a_diverged_replica(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(_demo, "_CONVERGE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(_demo, "_mismatches", corrupt)
-    port = random.Random().randrange(40000, 60000)
-    args = argparse.Namespace(duration=1.5, instruments=10, rate=500.0, seed=3, port=port,
-                              group=f"239.255.75.{port % 250 + 1}")
+    args = argparse.Namespace(duration=1.5, instruments=10, rate=500.0, seed=3,
+                              **free_endpoint())
     assert _demo.run(args) == 1
     out = capsys.readouterr().out
     assert summary(out)["bursty"]["equal"] == "N (3 of 10 differ)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import signal
 import subprocess
@@ -10,17 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_endpoint
 
 pytestmark = pytest.mark.network
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-_rng = random.Random()
 
 
 def endpoint() -> list[str]:
-    """--group/--port arguments no other test uses."""
-    port = _rng.randrange(40000, 60000)
-    return ["--group", f"239.255.74.{port % 250 + 1}", "--port", str(port)]
+    """--group/--port arguments: a group and a port free for it on this host."""
+    where = free_endpoint()
+    return ["--group", where["group"], "--port", str(where["port"])]
 
 
 def start(script: str, *args: str) -> subprocess.Popen[str]:

@@ -418,3 +418,19 @@ def test_oracle_catches_unbounded_memory() -> None:
     world.subs[0].config = SubscriberConfig(reorder_window_datagrams=2)
     with pytest.raises(OracleFailure, match=r"\[memory\].*pending datagrams"):
         world.run([("publish", 0, 2), ("publish", 1, 3), ("publish", 2, 4), ("advance", 3)])
+
+
+def test_i_a_repeated_copy_of_a_forged_claim_is_not_a_second_claim() -> None:
+    """Found by the explorer (seed 100050, chain-control, shrunk to 6 moves): a forged LAST
+    claim made three fresh leaves stale, as it should (one claim never removes a fresh
+    leaf), and a duplicate of the same forged datagram then counted as "the next claim"
+    and removed them: synced with leaves 2, 3 and 5 missing. A stale leaf is now removed
+    only by a claim from another source (datagram sequence, cycle_id)."""
+    run_schedule(SCENARIOS["chain-control"], [
+        ("publish", 5, 2335687369),
+        ("advance", 10),
+        ("advance", 100),
+        ("forge", 1, "last", 11),
+        ("dup", 1, "quiet", -2),
+        ("advance", 5),
+    ])

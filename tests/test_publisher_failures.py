@@ -1,17 +1,15 @@
 """Publisher failures: a model that cannot encode a leaf, a sender thread that dies, socket
 send errors, and the stream_id keyword against the config's (issue 7, items 7 and 8a).
 
-Every socket sends to loopback only (interface 127.0.0.1, TTL 0) on a group and port no
-other test uses; every wait is on an event or condition with a timeout.
+Every socket sends to loopback only (interface 127.0.0.1, TTL 0) on a group and a port
+free for it; every wait is on an event or condition with a timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
-import random
 import socket
 import threading
 from collections.abc import Callable
@@ -36,33 +34,6 @@ from grapevine._publisher_core import PublisherCore
 from grapevine._transport import open_sender
 from grapevine.codec import Delta, Snapshot, decode
 from grapevine.wire import SnapshotFlag
-
-# Ports 50 apart from tests/test_runtime.py's (which are multiples of 100), groups in
-# 239.255.73.x (test_runtime uses 239.255.72.x): the two modules never share an endpoint.
-_ports = itertools.count(random.Random().randrange(41050, 58000, 100))
-
-
-def _free_port(group: str) -> int:
-    """The next port of this module's sequence that nothing on this host holds for ``group``.
-
-    The probe binds the group address (never the wildcard), joins nothing, sends nothing.
-    """
-    for _ in range(50):
-        port = next(_ports)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((group, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free UDP port found")
-
-
-@pytest.fixture
-def endpoint() -> dict[str, Any]:
-    """A group and a free port no other test uses (loopback only)."""
-    group = f"239.255.73.{random.Random().randrange(1, 250)}"
-    return {"group": group, "port": _free_port(group)}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import socket
 import threading
@@ -27,15 +26,6 @@ from grapevine import (
 from grapevine._transport import open_sender
 
 pytestmark = pytest.mark.network
-
-_ports = itertools.count(random.Random().randrange(41000, 58000, 100))
-
-
-@pytest.fixture
-def endpoint() -> dict[str, Any]:
-    """A group and port no other test uses (loopback only)."""
-    port = next(_ports)
-    return {"group": f"239.255.72.{port % 250 + 1}", "port": port}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

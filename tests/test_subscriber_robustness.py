@@ -129,6 +129,30 @@ def test_a_replayed_datagram_at_the_current_position_is_dropped_whole() -> None:
     assert feed.equal()
 
 
+
+def test_a_dropped_inconsistent_datagram_leaves_no_trace() -> None:
+    """A re-sequenced datagram whose first DELTA names a leaf the replica does not hold
+    (nothing to compare: it would be held for a snapshot) and whose second repeats a
+    leaf_seq leaf 0 already had. It is judged whole before anything of it is applied:
+    dropped, and no unknown leaf 7 is left waiting for a snapshot that never comes."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    assert feed.sub.synced
+    expected = feed.sub.expected
+    assert expected is not None
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(expected)
+    builder.add_delta(7, 3, 0, ChainModel().encode_delta(1))
+    builder.add_delta(0, feed.sub.leaves[0].leaf_seq, 0, ChainModel().encode_delta(2))
+    feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
+    assert feed.sub.stats.inconsistent_datagrams == 1
+    assert 7 not in feed.sub.leaves
+    assert feed.sub.expected == expected
+    assert feed.sub.synced
+    feed.run(0.3, publish=True)
+    assert feed.sub.synced
+    assert feed.equal()
+
 def test_a_forged_end_of_session_is_undone_by_the_next_datagram() -> None:
     feed = Feed()
     feed.run(0.3, publish=True)
@@ -221,8 +245,10 @@ def test_lag_is_measured_without_clock_sync_and_reported() -> None:
         heartbeat(step * 0.1, step * 0.1 + 0.001)
     assert sub.lag_s < 0.01
     heartbeat(1.0, 3.0)
-    assert sub.lagging
+    assert not sub.lagging  # one late datagram is not yet lagging
     assert abs(sub.lag_s - 2.0) < 0.01
+    heartbeat(1.1, 3.1)
+    assert sub.lagging
     heartbeat(3.1, 3.101)
     assert not sub.lagging
     kinds = [event.kind for event in sub.events]
@@ -319,3 +345,107 @@ def test_the_census_finds_a_leaf_missing_from_a_known_leaf_set() -> None:
     assert feed.sub.stats.divergences >= 1
     assert feed.sub.synced
     assert feed.equal()
+
+
+
+def test_one_datagram_stamped_far_in_the_future_does_not_skew_the_lag() -> None:
+    """A send time an hour ahead would lower the lag floor by an hour, and every honest
+    datagram would then look an hour late for up to a minute. Unconfirmed, it is ignored;
+    a publisher clock that really stepped is followed from its second datagram."""
+    sub = SubscriberCore(ChainModel(), SubscriberConfig(lag_warning_s=1.0))
+
+    def heartbeat(sent_at: float, received_at: float) -> None:
+        builder = DatagramBuilder(0, 5)
+        builder.start(1)
+        builder.add_heartbeat(100)
+        sub.receive(bytes(builder.finish(round(sent_at * 1e9))), received_at)
+
+    for step in range(10):
+        heartbeat(100 + step * 0.1, step * 0.1 + 0.001)
+    heartbeat(100 + 3600, 1.0)  # forged: an hour ahead
+    for step in range(11, 20):
+        heartbeat(100 + step * 0.1, step * 0.1 + 0.001)
+        assert sub.lag_s < 0.01
+    assert not sub.lagging
+    assert Status.LAGGING not in [event.kind for event in sub.events]
+    heartbeat(5000 + 2.0, 2.0)  # the publisher's clock steps forward for good
+    heartbeat(5000 + 2.1, 2.1)
+    assert sub.last_send_time_ns == round((5000 + 2.1) * 1e9)
+    assert sub.lag_s < 0.01
+
+
+def test_next_poll_is_never_in_the_past_while_a_lone_datagram_waits() -> None:
+    """A lone datagram ahead of a hole is not confirmed, so the reorder window's end
+    declares nothing; next_poll() must then point at its expiry, not at the window's end
+    (which would be in the past, and a receiver thread sleeping until it would spin)."""
+    feed = Feed()
+    feed.run(0.3, publish=True)
+    expected = feed.sub.expected
+    assert expected is not None
+    feed.deliver([feed.heartbeat_at(expected + 5)])
+    polls = 0
+    while feed.sub._reorder:
+        at = feed.sub.next_poll(feed.now)
+        assert at > feed.now
+        feed.now = at
+        feed.sub.poll(feed.now)
+        polls += 1
+    assert polls <= 20  # the expiry came after a bounded number of wake-ups
+    assert feed.sub.stats.unconfirmed_datagrams == 1
+
+
+def _gap_with_suspects(feed: Feed) -> list[int]:
+    """Lose one datagram of leaf 0's change, confirm the hole with two later ones, let
+    the reorder window pass: a gap, after which unproven leaves are suspect."""
+    feed.run(0.3)
+    feed.pub.publish(0, 1000)
+    feed.sent()  # lost
+    for value in (2000, 3000):
+        feed.pub.publish(1, value)
+        feed.deliver([d for d in feed.sent()
+                      if not any(isinstance(m, Snapshot) for m in decode(d).messages)])
+    feed.now += 0.05
+    feed.sub.poll(feed.now)
+    assert feed.sub.stats.gaps == 1
+    return feed.sub.suspect_leaves()
+
+
+def test_other_bytes_at_the_same_leaf_seq_are_a_divergence_even_for_a_suspect_leaf() -> None:
+    """A gap explains a leaf that is behind the publisher, never a leaf whose bytes differ
+    at the same leaf_seq: that is counted and reported, not replaced silently."""
+    feed = Feed()
+    suspects = _gap_with_suspects(feed)
+    leaf_id = suspects[-1]
+    rec = feed.sub.leaves[leaf_id]
+    expected = feed.sub.expected
+    assert expected is not None
+    payload = ChainModel().encode_leaf((rec.value[0] + 7, rec.value[1]))
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(expected)
+    builder.add_snapshot(Snapshot(leaf_id, leaf_id, 99, leaf_id, 5, rec.leaf_seq, expected,
+                                  len(payload), 0, 0, payload))
+    divergences = feed.sub.stats.divergences
+    feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
+    assert feed.sub.stats.divergences == divergences + 1
+    event = feed.sub.last_distrust
+    assert event is not None
+    assert event.leaf_id == leaf_id
+    feed.run(0.3)  # the honest cycle repairs it
+    assert feed.sub.synced
+    assert feed.equal()
+
+
+def test_a_late_delta_with_a_reserved_flag_bit_is_still_applied() -> None:
+    """Reserved DELTA flag bits are ignored (SPEC §6.2): a late DELTA that is a held
+    leaf's next change is applied whatever they hold."""
+    feed = Feed()
+    feed.run(0.3)
+    expected = feed.sub.expected
+    assert expected is not None
+    leaf_seq = feed.sub.leaves[2].leaf_seq
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(expected - 1)
+    builder.add_delta(2, leaf_seq + 1, 0x80, ChainModel().encode_delta(5))
+    feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
+    assert feed.sub.stats.late_deltas == 1
+    assert feed.sub.leaves[2].leaf_seq == leaf_seq + 1

@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import pytest
+from helpers import free_endpoint
 
 from grapevine import ConfigError
 from grapevine._transport import check_endpoint, open_receiver, open_sender
 
 pytestmark = pytest.mark.network
 
-GROUP = "239.255.75.9"
 
-
-def test_receiver_warns_when_the_os_clamps_the_buffer(caplog: pytest.LogCaptureFixture) -> None:
+def test_receiver_warns_when_the_os_clamps_the_buffer(caplog: pytest.LogCaptureFixture,
+                                                      endpoint: dict[str, Any]) -> None:
     with open("/proc/sys/net/core/rmem_max") as limit:
         rmem_max = int(limit.read())
     with caplog.at_level(logging.WARNING, logger="grapevine"):
-        receiver = open_receiver(GROUP, 47901, buffer_bytes=rmem_max * 4)
+        receiver = open_receiver(**endpoint, buffer_bytes=rmem_max * 4)
     try:
         assert receiver.buffer_size < rmem_max * 4
         assert "clamped" in caplog.text
-        assert receiver.sock.getsockname() == (GROUP, 47901)  # bound to the group only
+        assert receiver.sock.getsockname() == (endpoint["group"], endpoint["port"])  # group only
     finally:
         receiver.close()
 
 
-def test_two_receivers_share_a_port_and_both_get_each_datagram() -> None:
-    first = open_receiver(GROUP, 47902)
-    second = open_receiver(GROUP, 47902)
-    sender = open_sender(GROUP, 47902)
+def test_two_receivers_share_a_port_and_both_get_each_datagram(
+        endpoint: dict[str, Any]) -> None:
+    first = open_receiver(**endpoint)
+    second = open_receiver(**endpoint)
+    sender = open_sender(**endpoint)
     try:
         sender.send(b"hello")
         for receiver in (first, second):
@@ -44,9 +46,9 @@ def test_two_receivers_share_a_port_and_both_get_each_datagram() -> None:
             thing.close()
 
 
-def test_kernel_drops_are_read_from_the_socket() -> None:
-    receiver = open_receiver(GROUP, 47903, buffer_bytes=4096)
-    sender = open_sender(GROUP, 47903)
+def test_kernel_drops_are_read_from_the_socket(endpoint: dict[str, Any]) -> None:
+    receiver = open_receiver(**endpoint, buffer_bytes=4096)
+    sender = open_sender(**endpoint)
     try:
         for _ in range(2000):  # far more than a 4 KiB buffer holds
             sender.send(bytes(1000))
@@ -70,8 +72,8 @@ def test_kernel_drops_are_read_from_the_socket() -> None:
         sender.close()
 
 
-def test_sender_defaults_are_loopback_and_ttl_zero() -> None:
-    sender = open_sender(GROUP, 47904)
+def test_sender_defaults_are_loopback_and_ttl_zero(endpoint: dict[str, Any]) -> None:
+    sender = open_sender(**endpoint)
     try:
         assert sender.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 0
         assert socket.inet_ntoa(sender.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
@@ -90,4 +92,4 @@ def test_bad_endpoints_are_refused(group: str, port: int, interface: str, messag
     with pytest.raises(ConfigError, match=message):
         check_endpoint(group, port, interface)
     with pytest.raises(ConfigError):
-        open_sender(GROUP, 47905, ttl=256)
+        open_sender(**free_endpoint(), ttl=256)

@@ -46,11 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -62,9 +59,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _netns import run_in_private_namespace  # this script's own folder, tools/
+
 from grapevine import Publisher, PublisherConfig, StatusEvent, Subscriber, SubscriberConfig
 from grapevine._errors import DecodeError, EncodeError
 from grapevine._market import Market
+from grapevine._transport import free_port
 from grapevine.book import BookDelta, Op, OrderBookModel, Side
 from grapevine.codec import (
     HEADER_SIZE,
@@ -79,7 +79,6 @@ from grapevine.codec import (
 )
 from grapevine.wire import DeltaFlag, SnapshotFlag
 
-_INSIDE = "GRAPEVINE_ATTACK_RUN_INSIDE"
 _GROUP = "239.255.74.1"
 _INTERFACE = "127.0.0.1"
 
@@ -136,14 +135,7 @@ def main() -> int:
     parser.add_argument("--slack", type=float, default=3.0,
                         help="final bound: restart grace + 2 snapshot cycles + this")
     args = parser.parse_args()
-    if os.environ.get(_INSIDE) != "1":
-        if not shutil.which("unshare") or not shutil.which("ip"):
-            print("attack_run needs unshare (util-linux) and ip (iproute2)", file=sys.stderr)
-            return 2
-        env = {**os.environ, _INSIDE: "1"}
-        command = ["unshare", "-rn", sys.executable, __file__, *sys.argv[1:]]
-        return subprocess.run(command, env=env, check=False).returncode
-    return run_inside(args)
+    return run_in_private_namespace(__file__, lambda: run_inside(args))
 
 
 def selected_steps(spec: str) -> list[tuple[int, str, bool]]:
@@ -166,14 +158,6 @@ def message_offsets(data: bytes | bytearray) -> list[tuple[int, int]]:
         found.append((offset, data[offset]))
         offset += 4 + int.from_bytes(data[offset + 2 : offset + 4], "little")
     return found
-
-
-def free_port(group: str) -> int:
-    """A port nothing in this (private) namespace holds for ``group``: the kernel's pick."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((group, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- the stream
@@ -794,7 +778,6 @@ def library_threads() -> list[str]:
 
 
 def run_inside(args: argparse.Namespace) -> int:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     steps = selected_steps(args.steps)
     port = args.port or free_port(_GROUP)
     errors = ErrorLog()

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _netns import run_in_private_namespace  # this script's own folder, tools/
+
 from grapevine import (
     Publisher,
     PublisherConfig,
@@ -41,9 +40,9 @@ from grapevine import (
     SubscriberConfig,
 )
 from grapevine._market import Market
+from grapevine._transport import free_port
 from grapevine.book import OrderBookModel
 
-_INSIDE = "GRAPEVINE_LOSS_RUN_INSIDE"
 _TABLE = "grapevine_loss"
 
 
@@ -61,30 +60,15 @@ def main() -> int:
                         default=PublisherConfig().touched_interval_s,
                         help="seconds between TOUCHED summaries (0: off)")
     args = parser.parse_args()
-    if os.environ.get(_INSIDE) != "1":
-        if not shutil.which("unshare") or not shutil.which("nft"):
-            print("loss_run needs unshare (util-linux) and nft (nftables)", file=sys.stderr)
-            return 2
-        env = {**os.environ, _INSIDE: "1"}
-        command = ["unshare", "-rn", sys.executable, __file__, *sys.argv[1:]]
-        return subprocess.run(command, env=env, check=False).returncode
-    return run_inside(args)
+    return run_in_private_namespace(__file__, lambda: run_inside(args),
+                                    also_needs={"nft": "nftables"})
 
 
 def nft(*words: str) -> None:
     subprocess.run(["nft", *words], check=True)
 
 
-def free_port(group: str) -> int:
-    """A port nothing in this (private) namespace holds for ``group``: the kernel's pick."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((group, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def run_inside(args: argparse.Namespace) -> int:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     group = "239.255.73.1"
     args.port = args.port or free_port(group)
     nft("add", "table", "inet", _TABLE)
