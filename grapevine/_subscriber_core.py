@@ -966,9 +966,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if suspect and snap.as_of_seq < self._gaps.last_end:
             return  # too old to prove anything about the last gap
         if snap.leaf_seq < rec.leaf_seq:
-            if snap.as_of_seq > rec.seen_seq and not suspect:
+            if snap.as_of_seq > rec.seen_seq:
                 # The publisher had an older leaf_seq after we applied ours: one of them
-                # is false. Distrust ours; a later snapshot repairs it.
+                # is false (a gap explains a leaf behind, never ahead, so a SUSPECT leaf
+                # too). Distrust ours; a later snapshot repairs it.
                 self._distrust(Status.LEAF_DIVERGED, now,
                                f"a snapshot at leaf_seq {snap.leaf_seq} is behind the leaf",
                                leaf_id)

@@ -434,3 +434,19 @@ def test_i_a_repeated_copy_of_a_forged_claim_is_not_a_second_claim() -> None:
         ("dup", 1, "quiet", -2),
         ("advance", 5),
     ])
+
+
+def test_j_a_suspect_leaf_ahead_of_the_publisher_is_repaired() -> None:
+    """Found by the explorer (seed 200062, chain-all-nosummary, shrunk to 5 moves): a
+    snapshot whose leaf_seq was mutated to 2048 installed leaf 0 ahead of the publisher; the
+    honest DELTA datagram (leaf_seq 2) then looked inconsistent, was dropped, and the hole
+    became a gap that made leaf 0 suspect. Honest snapshots (leaf_seq 2) were ignored for a
+    suspect leaf, so it stayed suspect and wrong for good. A snapshot behind a leaf, as of
+    after the leaf was last seen, is a divergence for a suspect leaf too: repaired."""
+    run_schedule(SCENARIOS["chain-all-nosummary"], [
+        ("arm", 0, "delta", "delay", 1000),
+        ("publish", 0, 1358974987),
+        ("mutate", 0, "heartbeat", -1, "snapshot.leaf_seq", "xor", 2048, 3, 3),
+        ("advance", 5),
+        ("heal", 31854, False),
+    ])
