@@ -450,3 +450,20 @@ def test_j_a_suspect_leaf_ahead_of_the_publisher_is_repaired() -> None:
         ("advance", 5),
         ("heal", 31854, False),
     ])
+
+
+def test_k_healing_waits_out_a_forged_restart_grace() -> None:
+    """Found by the explorer (seed 200178, blob-all, shrunk to 23 moves): a mutated
+    datagram read as a HEARTBEAT with a huge interval raised the restart grace to its 60 s
+    cap, and the oracle's own 60 s limit for healing ran out first. The bound is the grace
+    in force plus two cycles (SPEC §12(l)); the oracle now allows exactly that."""
+    run_schedule(SCENARIOS["blob-all"], [
+        ("publish", 4294967295, 1256855086), ("advance", 100), ("burst", 37547, 8),
+        ("publish", 2, 1341969107), ("advance", 1000), ("advance", 5), ("delete", 2),
+        ("advance", 30), ("publish", 5, 4197665571),
+        ("payload", 1, "snapshot", 0, "snapshot", "garbage", 3), ("hold", 0, "any", -1),
+        ("publish", 0, 3306321929), ("drop", 1, "delta", -2), ("burst", 2834, 8),
+        ("drop", 1, "eos", 0), ("mutate", 1, "quiet", 0, "message.kind", "xor", 1, 3, 2),
+        ("rejoin", 1), ("hold", 1, "eos", 0), ("advance", 3), ("drop", 0, "snapshot", 0),
+        ("advance", 1), ("release", 0, "delta", -2), ("heal", 15457, False),
+    ])
