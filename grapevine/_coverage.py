@@ -14,24 +14,25 @@ class Coverage:
     """Union of leaf-id ranges asserted by snapshots: disjoint, non-adjacent [lo, hi] pairs.
 
     The ranges are *complete* when they cover every id; they are *corroborated* when the
-    snapshots behind them came from at least two datagrams that differ in header
-    ``sequence`` or ``cycle_id`` (the snapshot's *source*). One datagram can carry a whole
-    cycle (a few small leaves, or a copy of one snapshot re-flagged LAST), so without a
-    second source a single forged or mutated claim could make a joiner believe a partial
-    replica is whole (SPEC §12(g)); copies of one datagram, however re-stamped, share a
-    source. A cycle spread over several datagrams corroborates itself; where a quiet
-    stream's cycle fits in one datagram, the second source is the next cycle."""
+    snapshots behind them came from at least two *sources*, a source being a snapshot's
+    (datagram ``sequence``, ``cycle_id``, ``cycle_position``). A copy of one real snapshot
+    re-flagged LAST with ``cycle_count`` = ``cycle_position`` + 1 is a complete, consistent
+    claim that no other leaf exists; however often it is repeated or re-stamped it is one
+    source, so it alone never makes a joiner believe a partial replica is whole (SPEC
+    §12(g)). An honest cycle of two or more leaves corroborates itself (their positions
+    differ), even in one datagram; a one-leaf stream needs its next cycle.
+    """
 
     __slots__ = ("_first_source", "_sources_differ", "ranges")
 
     def __init__(self) -> None:
         self.ranges: SortedDict[int, int] = SortedDict()
-        self._first_source: tuple[int, int] | None = None
+        self._first_source: tuple[int, int, int] | None = None
         self._sources_differ = False
 
-    def add(self, lo: int, hi: int, source: tuple[int, int]) -> None:
-        """A snapshot from ``source`` (header sequence, cycle_id) asserted the state of
-        ids ``lo``..``hi``."""
+    def add(self, lo: int, hi: int, source: tuple[int, int, int]) -> None:
+        """A snapshot from ``source`` (datagram sequence, cycle_id, cycle_position)
+        asserted the state of ids ``lo``..``hi``."""
         self._note_source(source)
         self._add_range(lo, hi)
 
@@ -42,7 +43,7 @@ class Coverage:
         for lo, hi in other.ranges.items():
             self._add_range(lo, hi)
 
-    def _note_source(self, source: tuple[int, int]) -> None:
+    def _note_source(self, source: tuple[int, int, int]) -> None:
         if self._first_source is None:
             self._first_source = source
         elif source != self._first_source:

@@ -159,9 +159,9 @@ class _Leaf:
         self.buffer: list[tuple[int, int, int, bytes]] | None = None
         # (leaf_seq, hash of the encoding) last found equal to the publisher's snapshot.
         self.verified: tuple[int, int] | None = None
-        # The source (datagram sequence, cycle_id) of the absence claim that made this FRESH
-        # leaf stale: only a claim from another source may remove it.
-        self.claimed_by: tuple[int, int] | None = None
+        # The source (datagram sequence, cycle_id, cycle_position) of the absence claim that
+        # made this FRESH leaf stale: only a claim from another source may remove it.
+        self.claimed_by: tuple[int, int, int] | None = None
 
 
 class SubscriberCore(Generic[LeafT, DeltaT]):
@@ -882,9 +882,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         as_of = snap.as_of_seq
         leaf_id = snap.leaf_id
         last = snap.flags & SnapshotFlag.LAST
+        # Where this snapshot's claims come from: copies of one snapshot, however often
+        # repeated or re-stamped, are one source (SPEC §12(f), (g)).
+        source = (self._datagram_sequence, snap.cycle_id, snap.cycle_position)
         # The range assertions: no leaf in [range_start, leaf_id) (nor above it if LAST).
         if self.leaves:
-            source = (self._datagram_sequence, snap.cycle_id)
             self._assert_absent(snap.range_start, leaf_id, as_of, now, source,
                                 inclusive_hi=False)
             if last and leaf_id < _MAX_ID:
@@ -892,15 +894,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                                     inclusive_hi=True)
         known_before = self._leaf_set_known  # before this snapshot's own range counts
         if not known_before and as_of >= self._coverage_from:
-            self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id,
-                               (self._datagram_sequence, snap.cycle_id))
+            self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id, source)
             if self._coverage.known:
                 self._leaf_set_known = True
         if snap.flags & SnapshotFlag.DELETED:
             rec = self.leaves.get(leaf_id)
             if rec is not None:
-                self._assert_absent(leaf_id, leaf_id, as_of, now,
-                                    (self._datagram_sequence, snap.cycle_id), inclusive_hi=True)
+                self._assert_absent(leaf_id, leaf_id, as_of, now, source, inclusive_hi=True)
         else:
             rec = self.leaves.get(leaf_id)
             if rec is None:
@@ -1074,13 +1074,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         return same
 
     def _assert_absent(self, lo: int, hi: int, as_of: int, now: float,
-                       source: tuple[int, int], *,
+                       source: tuple[int, int, int], *,
                        inclusive_hi: bool) -> None:
         """No leaf exists in the range as of ``as_of``: remove the leaves we hold there
         that we have not seen exist since. A fresh leaf is never removed on one claim (its
         DELETE could not have been missed): it goes stale, and the next claim removes it
         unless a snapshot proves it first. That next claim must come from another source
-        (datagram sequence, cycle_id): a repeated copy of the first claims nothing new."""
+        (datagram sequence, cycle_id, cycle_position): a copy of the first claims nothing
+        new."""
         if lo > hi or (lo == hi and not inclusive_hi):
             return
         leaves = self.leaves
