@@ -13,6 +13,7 @@ import heapq
 import itertools
 import random
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,3 +290,20 @@ class History:
             alive = {i for i in ids if self.value_before(i, core.expected) is not self._DELETED}
             assert set(core.values()) == alive, (sorted(alive ^ set(core.values()))[:10])
         return checked
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition on an Event's timed wait (no bare sleeps); its last value."""
+    tick = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        tick.wait(0.01)
+    return predicate()
+
+
+def fast_publisher(**overrides: Any) -> PublisherConfig:
+    """A publisher config with a fast cycle (50 ms) and heartbeat (100 ms) for runtime tests."""
+    values: dict[str, Any] = {"min_cycle_s": 0.05, "heartbeat_interval_s": 0.1}
+    values.update(overrides)
+    return PublisherConfig(**values)

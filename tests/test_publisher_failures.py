@@ -12,10 +12,10 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from helpers import fast_publisher, wait_until
 
 import grapevine.publisher as publisher_module
 from grapevine import (
@@ -34,22 +34,6 @@ from grapevine._publisher_core import PublisherCore
 from grapevine._transport import open_sender
 from grapevine.codec import Delta, Snapshot, decode
 from grapevine.wire import SnapshotFlag
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll a condition on an Event's timed wait (no bare sleeps)."""
-    tick = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        tick.wait(0.01)
-    return predicate()
-
-
-def fast_publisher(**overrides: Any) -> PublisherConfig:
-    values: dict[str, Any] = {"min_cycle_s": 0.05, "heartbeat_interval_s": 0.1}
-    values.update(overrides)
-    return PublisherConfig(**values)
 
 
 class PoisonModel(BytesModel):

@@ -5,18 +5,16 @@ from __future__ import annotations
 import random
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import ChainModel
+from helpers import ChainModel, fast_publisher, wait_until
 
 from grapevine import (
     BytesModel,
     ClosedError,
     ConfigError,
     Publisher,
-    PublisherConfig,
     Status,
     StatusEvent,
     Subscriber,
@@ -26,22 +24,6 @@ from grapevine import (
 from grapevine._transport import open_sender
 
 pytestmark = pytest.mark.network
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll a condition on an Event's timed wait (no bare sleeps)."""
-    tick = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return True
-        tick.wait(0.01)
-    return predicate()
-
-
-def fast_publisher(**overrides: Any) -> PublisherConfig:
-    values: dict[str, Any] = {"min_cycle_s": 0.05, "heartbeat_interval_s": 0.1}
-    values.update(overrides)
-    return PublisherConfig(**values)
 
 
 def test_subscribers_replicate_and_late_joiner_syncs(endpoint: dict[str, Any]) -> None:
