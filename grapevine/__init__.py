@@ -8,6 +8,7 @@ detect loss, repair exactly the leaves that loss touched and know when they are 
 from __future__ import annotations
 
 from ._errors import (
+    AuthError,
     ClosedError,
     ConfigError,
     DecodeError,
@@ -17,6 +18,7 @@ from ._errors import (
 )
 from ._publisher_core import PublisherConfig, QueueFullError
 from ._subscriber_core import SubscriberConfig
+from .auth import Key, KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import decode, describe
 from .events import Status, StatusEvent, UpdateKind
 from .model import BytesModel, LeafModel
@@ -26,23 +28,29 @@ from .subscriber import Replica, Subscriber
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthError",
     "BytesModel",
     "ClosedError",
     "ConfigError",
     "DecodeError",
     "EncodeError",
     "GrapevineError",
+    "Key",
+    "KeyRing",
     "LeafModel",
     "Publisher",
     "PublisherConfig",
     "PublisherFailedError",
     "QueueFullError",
     "Replica",
+    "ReplayGuard",
     "Status",
     "StatusEvent",
     "Subscriber",
     "SubscriberConfig",
     "UpdateKind",
+    "Verdict",
+    "Verifier",
     "__version__",
     "decode",
     "describe",

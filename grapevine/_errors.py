@@ -9,6 +9,7 @@ means the *local* caller misused the library and is raised at the call, except
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "ClosedError",
     "ConfigError",
     "DecodeError",
@@ -42,6 +43,16 @@ class EncodeError(GrapevineError, ValueError):
 
 class ConfigError(GrapevineError, ValueError):
     """A constructor or call argument is invalid (bad group address, bad rate, ...)."""
+
+
+class AuthError(GrapevineError, ValueError):
+    """Authentication was misconfigured or misused locally.
+
+    Bad key material (a malformed or short secret, a duplicate key id, a key file or
+    environment variable that cannot be read), or signing with a key the ring lacks. A
+    datagram that fails verification is not an error: :class:`grapevine.auth.Verifier`
+    returns a verdict for it.
+    """
 
 
 class ClosedError(GrapevineError, RuntimeError):

@@ -28,6 +28,7 @@ from sortedcontainers import SortedDict
 from . import wire
 from ._errors import ConfigError, EncodeError
 from ._stream_id import check_stream_id
+from .auth import KeyRing, sign
 from .codec import (
     DELTA_OVERHEAD,
     HEADER_SIZE,
@@ -39,7 +40,7 @@ from .codec import (
     Touched,
 )
 from .model import DeltaT, LeafModel, LeafT
-from .wire import DeltaFlag, SnapshotFlag
+from .wire import AUTH_TRAILER_SIZE, DeltaFlag, SnapshotFlag
 
 __all__ = ["PublisherConfig", "PublisherCore", "PublisherStats", "QueueFullError"]
 
@@ -72,10 +73,17 @@ class PublisherConfig:
     # changed, so receivers that lose deltas know exactly which leaves the loss touched.
     # 0 turns summaries off (receivers then prove leaves one by one).
     touched_interval_s: float = 0.01
+    # Sign every datagram with the ring's signing key (SPEC §9); None: unauthenticated.
+    # The trailer takes 20 of the max_datagram_size bytes.
+    keys: KeyRing | None = None
 
     def __post_init__(self) -> None:
         check_stream_id(self.stream_id)
         minimum = HEADER_SIZE + SNAPSHOT_OVERHEAD + _MIN_FRAGMENT
+        if self.keys is not None:
+            if not isinstance(self.keys, KeyRing):
+                raise ConfigError(f"keys must be a grapevine.KeyRing, not {self.keys!r}")
+            minimum += AUTH_TRAILER_SIZE
         if not minimum <= self.max_datagram_size <= wire.MAX_DATAGRAM_SIZE:
             raise ConfigError(f"max_datagram_size {self.max_datagram_size} is outside "
                               f"{minimum}..{wire.MAX_DATAGRAM_SIZE}")
@@ -156,9 +164,11 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot | Touched] = deque()
         self._queued_deltas = 0
         self._queued_delta_bytes = 0
-        self._builder = DatagramBuilder(self.config.stream_id, self.session_id,
-                                        self.config.max_datagram_size)
-        self._fragment_room = self.config.max_datagram_size - HEADER_SIZE - SNAPSHOT_OVERHEAD
+        # The signing keys can change while the publisher runs (rotation: set_keys).
+        self.keys = self.config.keys
+        room = self.config.max_datagram_size - (AUTH_TRAILER_SIZE if self.keys else 0)
+        self._builder = DatagramBuilder(self.config.stream_id, self.session_id, room)
+        self._fragment_room = room - HEADER_SIZE - SNAPSHOT_OVERHEAD
         # Snapshot cycle state.
         self.cycle_id = 0
         self._cursor: int | None = None  # last leaf id snapshotted in this cycle
@@ -241,6 +251,15 @@ class PublisherCore(Generic[LeafT, DeltaT]):
 
     # ------------------------------------------------------------------ sending side
 
+    def set_keys(self, keys: KeyRing) -> None:
+        """Rotate keys: datagrams from now on are signed with ``keys``' signing key.
+        Receivers must accept it first (give them a ring with both keys)."""
+        if self.keys is None:
+            raise ConfigError("this publisher does not sign: give PublisherConfig(keys=...)")
+        if not isinstance(keys, KeyRing):
+            raise ConfigError(f"keys must be a grapevine.KeyRing, not {keys!r}")
+        self.keys = keys
+
     def next_datagram(self, now: float, send_time_ns: int = 0) -> memoryview | None:
         """The next datagram to send at time ``now``, or None if nothing is due.
 
@@ -290,7 +309,11 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._queue.clear()
         self._queued_deltas = 0
         self._queued_delta_bytes = 0
-        self._queued_delta_bytes = 0
+        return self.end_of_session_copy(now, send_time_ns)
+
+    def end_of_session_copy(self, now: float, send_time_ns: int = 0) -> memoryview:
+        """Another END_OF_SESSION datagram, stamped (and signed) on its own: receivers take
+        byte-identical datagrams for one, so each repeated copy must differ."""
         builder = self._builder
         builder.start(self.next_seq)
         builder.add_end_of_session()
@@ -386,6 +409,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         # Without a wall clock (simulations), ``now`` stamps the datagram: two heartbeats
         # are then never byte-identical, as receivers expect of a live stream.
         datagram = self._builder.finish(send_time_ns or max(1, round(now * 1e9)))
+        if self.keys is not None:
+            datagram = memoryview(sign(datagram, self.keys))
         self._last_send = now
         self.stats.datagrams += 1
         self.stats.bytes_sent += len(datagram)

@@ -45,6 +45,7 @@ from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
 from ._stream_id import check_stream_id
+from .auth import KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode
 from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
@@ -88,9 +89,18 @@ class SubscriberConfig:
     max_reassembly_bytes: int = 64 << 20  # bytes held by all partial snapshots together
     max_deleted_remembered: int = 1 << 16  # deleted leaves whose leaf_seq is remembered
     lag_warning_s: float | None = 1.0  # LAGGING when datagrams arrive this much late
+    # Accept only datagrams signed with one of these keys (SPEC §9); None: no checking.
+    keys: KeyRing | None = None
+    # With keys: a datagram is accepted once, and not if its send time is more than this
+    # much older than the newest accepted of its session (SPEC §9, replay).
+    replay_window_s: float = 2.0
 
     def __post_init__(self) -> None:
         check_stream_id(self.stream_id)
+        if self.keys is not None and not isinstance(self.keys, KeyRing):
+            raise ConfigError(f"keys must be a grapevine.KeyRing, not {self.keys!r}")
+        if not 0 < self.replay_window_s <= 3600:
+            raise ConfigError("replay_window_s must be between 0 and 3600 seconds")
         if self.reorder_window_s < 0 or self.reorder_window_datagrams < 2:
             raise ConfigError("reorder window must be >= 0 s and >= 2 datagrams")
         for name in ("silence_timeout_s", "restart_grace_s", "lag_warning_s"):
@@ -139,6 +149,10 @@ class SubscriberStats:
     bad_payloads: int = 0  # payloads the model rejected (decode or apply raised)
     divergences: int = 0  # evidence contradicted what the replica held as fresh
     census_mismatches: int = 0  # a snapshot's leaf count contradicted a complete coverage
+    unauthenticated: int = 0  # with keys: datagrams without the AUTH trailer, dropped
+    unknown_keys: int = 0  # with keys: signed with a key id not in the ring, dropped
+    bad_tags: int = 0  # with keys: the tag did not verify (forged or corrupted), dropped
+    replayed: int = 0  # with keys: seen before, or older than the replay window, dropped
     resyncs: int = 0  # the whole state was distrusted and rebuilt (resync events)
 
 
@@ -184,6 +198,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.last_heard = 0.0
         self.last_error: DecodeError | None = None
         self.last_bad_payload: BaseException | None = None  # for the runtime's log
+        self.last_rejected: Verdict | None = None  # the latest authentication failure
         self.last_distrust: StatusEvent | None = None  # the latest divergence or resync
         self.last_send_time_ns = 0  # publisher clock of the last datagram taken in order
         self.lag_s = 0.0
@@ -191,6 +206,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._retired: list[int] = []
         self._verifications = 0
         self._behind_since: float | None = None  # first datagram behind the position
+        keys = self.config.keys
+        self._verifier = Verifier(keys) if keys is not None else None
+        self._replay_guard = ReplayGuard(round(self.config.replay_window_s * 1e9))
         self._reset_session()
 
     # ------------------------------------------------------------------ public calls
@@ -201,6 +219,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         It also runs the timers, so a caller need not :meth:`poll` after it.
         """
         self.stats.datagrams += 1
+        verifier = self._verifier
+        if verifier is not None and not self._authentic(verifier, data):
+            self.poll(now)
+            return
         try:
             datagram = decode(data)
         except DecodeError as exc:
@@ -208,6 +230,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.last_error = exc
             self.poll(now)
             return
+        if verifier is not None:
+            assert datagram.auth is not None
+            if not self._replay_guard.accept(datagram.session_id, datagram.send_time_ns,
+                                             datagram.auth.tag):
+                self.stats.replayed += 1
+                self.poll(now)
+                return
         if datagram.stream_id != self.config.stream_id:
             self.stats.foreign_stream += 1
             self.poll(now)
@@ -256,6 +285,28 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if self._reorder:
                 self._drain(now)
         self._run_timers(now)
+
+    def set_keys(self, keys: KeyRing) -> None:
+        """Rotate keys: accept datagrams signed with any key of ``keys`` from now on."""
+        if self._verifier is None:
+            raise ConfigError("this subscriber does not verify: give SubscriberConfig(keys=...)")
+        if not isinstance(keys, KeyRing):
+            raise ConfigError(f"keys must be a grapevine.KeyRing, not {keys!r}")
+        self._verifier.ring = keys
+
+    def _authentic(self, verifier: Verifier, data: bytes | bytearray | memoryview) -> bool:
+        verdict = verifier.check(data)
+        if verdict is Verdict.ACCEPTED:
+            return True
+        stats = self.stats
+        if verdict is Verdict.UNAUTHENTICATED:
+            stats.unauthenticated += 1
+        elif verdict is Verdict.UNKNOWN_KEY:
+            stats.unknown_keys += 1
+        else:
+            stats.bad_tags += 1
+        self.last_rejected = verdict
+        return False
 
     def poll(self, now: float) -> None:
         """Run timers: expire reorder holes into gaps, detect publisher silence."""

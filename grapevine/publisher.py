@@ -51,7 +51,7 @@ from ._errors import ClosedError, ConfigError, PublisherFailedError
 from ._publisher_core import PublisherConfig, PublisherCore, QueueFullError
 from ._stream_id import config_for_stream
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
-from .codec import restamped
+from .auth import KeyRing
 from .model import DeltaT, LeafModel, LeafT
 
 __all__ = ["Publisher", "PublisherConfig", "PublisherFailedError", "QueueFullError"]
@@ -187,6 +187,12 @@ class Publisher(Generic[LeafT, DeltaT]):
         """Hold the state still (publish and the sender wait) and read it consistently."""
         with self._lock:
             yield self._core.leaves
+
+    def set_keys(self, keys: KeyRing) -> None:
+        """Rotate keys (SPEC §9): datagrams from now on are signed with ``keys``' signing
+        key. Subscribers must already accept it (a ring holding the old and the new key)."""
+        with self._lock:
+            self._core.set_keys(keys)
 
     @property
     def last_sequence(self) -> int:
@@ -388,10 +394,13 @@ class Publisher(Generic[LeafT, DeltaT]):
         with self._lock:
             if self._core.ended:
                 return
-            final = bytes(self._core.end_of_session(time.monotonic(), time.time_ns()))
-        for copy in range(_END_OF_SESSION_COPIES):
+            stamp = time.time_ns()
+            copies = [bytes(self._core.end_of_session(time.monotonic(), stamp))]
+            copies += [bytes(self._core.end_of_session_copy(time.monotonic(), stamp + copy))
+                       for copy in range(1, _END_OF_SESSION_COPIES)]
+        for final in copies:
             try:
-                self._socket.send(restamped(final, time.time_ns() + copy))
+                self._socket.send(final)
             except OSError as exc:
                 self.send_errors += 1
                 log.warning("grapevine end-of-session send failed: %s", exc)

@@ -30,8 +30,9 @@ from . import wire
 from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
 from ._errors import ClosedError, ConfigError
 from ._stream_id import config_for_stream
-from ._subscriber_core import SubscriberConfig, SubscriberCore
+from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberStats
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
+from .auth import KeyRing
 from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 
@@ -297,6 +298,14 @@ class Subscriber(Generic[LeafT, DeltaT]):
             self._synced.notify_all()
         self._deliver(updates, events)
 
+    def set_keys(self, keys: KeyRing) -> None:
+        """Rotate keys (SPEC §9): from now on accept datagrams signed with any key of
+        ``keys``. During a rotation give a ring with the old and the new key, switch the
+        publisher to the new one, then drop the old one here."""
+        self._check_open()
+        with self._lock:
+            self._core.set_keys(keys)
+
     def stats(self) -> dict[str, int]:
         """Every counter: the core's, plus callbacks, conflation, kernel and injected drops."""
         with self._lock:
@@ -389,7 +398,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
                 if events or updates:
                     self._deliver(updates, events)
                 if core.stats.bad_payloads != reported.bad_payloads \
-                        or core.stats.malformed != reported.malformed:
+                        or core.stats.malformed != reported.malformed \
+                        or _rejected(core.stats) != reported.rejected:
                     self._report_bad_input(reported, now)
             except Exception:  # a bug must not kill the receiver: count and log it
                 self.internal_errors += 1
@@ -417,8 +427,11 @@ class Subscriber(Generic[LeafT, DeltaT]):
         stats = self._core.stats
         new_bad = stats.bad_payloads - reported.bad_payloads
         new_malformed = stats.malformed - reported.malformed
+        rejected = _rejected(stats)
+        new_rejected = rejected - reported.rejected
         reported.bad_payloads, reported.malformed = stats.bad_payloads, stats.malformed
-        reported.pending += new_bad + new_malformed
+        reported.rejected = rejected
+        reported.pending += new_bad + new_malformed + new_rejected
         if reported.logged < _LOGGED_IN_FULL:
             reported.logged += 1
             reported.pending = 0
@@ -427,12 +440,16 @@ class Subscriber(Generic[LeafT, DeltaT]):
                 log.warning("grapevine: the model rejected a payload (%r); the leaf is stale "
                             "until the snapshot cycle repairs it",
                             self._core.last_bad_payload)
+            elif new_rejected:
+                log.warning("grapevine: datagram dropped by authentication (%s)",
+                            _rejection_reason(stats, reported))
             else:
                 log.warning("grapevine: malformed datagram dropped: %s", self._core.last_error)
         elif now - reported.last_log >= _LOG_INTERVAL_S:
             log.warning("grapevine: %d more bad datagrams or payloads (%d malformed, %d "
-                        "rejected by the model in all); latest: %r", reported.pending,
-                        stats.malformed, stats.bad_payloads,
+                        "rejected by the model, %d dropped by authentication in all); "
+                        "latest: %r", reported.pending, stats.malformed, stats.bad_payloads,
+                        rejected,
                         self._core.last_bad_payload if new_bad else self._core.last_error)
             reported.pending = 0
             reported.last_log = now
@@ -449,11 +466,29 @@ _LOG_INTERVAL_S = 10.0
 class _Reported:
     """What the receiver has logged of bad input so far."""
 
-    __slots__ = ("bad_payloads", "last_log", "logged", "malformed", "pending")
+    __slots__ = ("auth_counts", "bad_payloads", "last_log", "logged", "malformed", "pending",
+                 "rejected")
 
     def __init__(self) -> None:
-        self.bad_payloads = self.malformed = self.logged = self.pending = 0
+        self.bad_payloads = self.malformed = self.logged = self.pending = self.rejected = 0
+        self.auth_counts = (0, 0, 0, 0)
         self.last_log = 0.0
+
+
+def _rejected(stats: SubscriberStats) -> int:
+    """Datagrams authentication dropped, of every kind."""
+    return stats.unauthenticated + stats.unknown_keys + stats.bad_tags + stats.replayed
+
+
+def _rejection_reason(stats: SubscriberStats, reported: _Reported) -> str:
+    """Which kind of authentication failure grew since the last report."""
+    counts = (stats.unauthenticated, stats.unknown_keys, stats.bad_tags, stats.replayed)
+    names = ("not signed", "unknown key id", "bad tag: forged or corrupted",
+             "replayed or too old")
+    grown = [name for name, now, before in zip(names, counts, reported.auth_counts,
+                                               strict=True) if now > before]
+    reported.auth_counts = counts
+    return ", ".join(grown) or "unknown"
 
 
 def _callable(callback: Any) -> Any:
