@@ -48,6 +48,7 @@ import json
 import logging
 import random
 import socket
+import struct
 import sys
 import threading
 import time
@@ -65,6 +66,7 @@ from grapevine import Publisher, PublisherConfig, StatusEvent, Subscriber, Subsc
 from grapevine._errors import DecodeError, EncodeError
 from grapevine._market import Market
 from grapevine._transport import free_port
+from grapevine.auth import KeyRing, generate_key
 from grapevine.book import BookDelta, Op, OrderBookModel, Side
 from grapevine.codec import (
     HEADER_SIZE,
@@ -77,7 +79,7 @@ from grapevine.codec import (
     decode,
     encode,
 )
-from grapevine.wire import DeltaFlag, SnapshotFlag
+from grapevine.wire import DeltaFlag, HeaderFlag, SnapshotFlag
 
 _GROUP = "239.255.74.1"
 _INTERFACE = "127.0.0.1"
@@ -132,6 +134,10 @@ def main() -> int:
                         help="replayed datagrams were captured at least this long before")
     parser.add_argument("--step-slack", type=float, default=1.0,
                         help="per-step recovery bound: restart grace + 2 cycles + this")
+    parser.add_argument("--keys", action="store_true",
+                        help="the publisher signs and the subscribers verify (a fresh random "
+                             "key the attacker does not have): every attack must be dropped, "
+                             "every replica synced and equal throughout")
     parser.add_argument("--slack", type=float, default=3.0,
                         help="final bound: restart grace + 2 snapshot cycles + this")
     args = parser.parse_args()
@@ -513,8 +519,15 @@ class Attacks:
             messages[index] = msg._replace(entries=tuple(entries))
         else:
             messages[index] = msg._replace(**{name: getattr(msg, name) ^ 1 << self._bit(width)})
+        auth = datagram.auth
         try:
-            data = encode(datagram._replace(messages=messages))
+            data = encode(datagram._replace(messages=messages, flags=0, auth=None))
+            if auth is not None:
+                # A signed capture: the same mutation, with its original (now wrong) trailer.
+                data = bytearray(data)
+                data[5] |= HeaderFlag.AUTH
+                data += struct.pack("<I", auth.key_id) + auth.tag
+                data = bytes(data)
             decode(data)
         except (EncodeError, DecodeError):
             return None
@@ -733,6 +746,19 @@ def silent_divergences(report: dict[str, Any]) -> list[str]:
     return found
 
 
+def unsynced_observations(report: dict[str, Any]) -> list[str]:
+    """Where a subscriber was not synced, not on the live session, or (quiet steps) not
+    equal when observed after an attack: with keys there must be none."""
+    found = []
+    for step in report["steps"]:
+        for obs in step["observations"]:
+            for index, state in enumerate(obs["subscribers"]):
+                if (not state["synced"] or not state["live_session"]
+                        or state.get("equal") is False):
+                    found.append(f"{step['name']} +{obs['after_s']}s: subscriber {index}")
+    return found
+
+
 def _brief(state: dict[str, Any]) -> str:
     flags = "".join(("S" if state["synced"] else "-", "L" if state["live_session"] else "-"))
     if "equal" in state:
@@ -787,8 +813,9 @@ def run_inside(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     model = OrderBookModel()
     market = Market(args.leaves, seed=args.seed)
-    pub_config = PublisherConfig()
-    sub_config = SubscriberConfig()
+    ring = KeyRing.from_text(generate_key(1)) if args.keys else None
+    pub_config = PublisherConfig(keys=ring)
+    sub_config = SubscriberConfig(keys=ring)
     events: list[list[tuple[float, str]]] = [[] for _ in range(args.subscribers)]
 
     def recorder(index: int) -> Callable[[StatusEvent], None]:
@@ -877,6 +904,12 @@ def run_inside(args: argparse.Namespace) -> int:
             alive = Counter(threads)
             report["final"] = final
             report["silent_divergences"] = silent_divergences(report)
+            report["keys"] = args.keys
+            report["unsynced_observations"] = unsynced_observations(report)
+            report["auth_drops"] = [
+                {key: stats[key] for key in ("unauthenticated", "unknown_keys", "bad_tags",
+                                             "replayed")}
+                for stats in (sub.stats() for sub in subs)]
             report["subscriber_stats"] = [sub.stats() for sub in subs]
             report["internal_errors"] = [sub.stats().get("internal_errors", 0) for sub in subs]
             report["threads"] = {
@@ -902,6 +935,12 @@ def run_inside(args: argparse.Namespace) -> int:
           and all(state.get("equal") and state.get("synced")
                   for state in report["final"]["subscribers"])
           and not any(report["internal_errors"]) and report["threads"]["all_alive"])
+    if args.keys:  # authenticated: nothing forged may ever show, not even for a moment
+        ok = ok and not report.get("unsynced_observations") and not any(
+            step["stats_changed"][i].get(key) for step in report["steps"]
+            for i in range(args.subscribers)
+            for key in ("divergences", "resyncs", "restarts", "bad_payloads", "malformed",
+                        "leaves_made_stale", "census_mismatches"))
     report["ok"] = bool(ok)
     print(summary(report), file=sys.stderr)
     print(json.dumps(report))
