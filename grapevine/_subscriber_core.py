@@ -230,17 +230,18 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.last_error = exc
             self.poll(now)
             return
+        if datagram.stream_id != self.config.stream_id:
+            self.stats.foreign_stream += 1
+            self.poll(now)
+            return
         if verifier is not None:
+            # After the stream filter: other streams' clocks must not judge this one's.
             assert datagram.auth is not None
             if not self._replay_guard.accept(datagram.session_id, datagram.send_time_ns,
                                              datagram.auth.tag):
                 self.stats.replayed += 1
                 self.poll(now)
                 return
-        if datagram.stream_id != self.config.stream_id:
-            self.stats.foreign_stream += 1
-            self.poll(now)
-            return
         if datagram.session_id != self.session_id and not self._switch_session(datagram, now):
             self.stats.foreign_session += 1
             self.poll(now)

@@ -138,7 +138,7 @@ class UnknownMessage(NamedTuple):
 
 
 class AuthTag(NamedTuple):
-    """The optional authentication trailer (verification is a later feature)."""
+    """The optional authentication trailer (SPEC §9; verified by :mod:`grapevine.auth`)."""
 
     key_id: int
     tag: bytes

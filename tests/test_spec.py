@@ -8,7 +8,6 @@ tables (offset, size, field, type) match the construct definitions.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import sys
@@ -118,12 +117,33 @@ def test_hex_block_parser_catches_a_changed_byte() -> None:
     assert block_bytes(changed) != bytes.fromhex(VECTORS[name]["hex"])
 
 
-def test_auth_example_tag_is_the_documented_hmac() -> None:
-    raw = bytes.fromhex(VECTORS["auth_trailer"]["hex"])
-    key = re.search(r"test key\s+`([^`]+)`", SPEC)
+def test_auth_example_tag_is_the_documented_mac() -> None:
+    """Section 9's construction and published test key make the tags of the auth vectors."""
+    section = SPEC.split("## 9. Authentication", 1)[1].split("## 10.", 1)[0]
+    assert "`hashlib.blake2b(covered, key=secret, digest_size=16).digest()`" in section
+    key = re.search(r"test key\s+`([0-9a-f]+)`", section)
     assert key is not None
-    expected = hmac.new(key.group(1).encode(), raw[:-16], hashlib.sha256).digest()[:16]
-    assert raw[-16:] == expected
+    secret = bytes.fromhex(key.group(1))
+    assert secret == bytes(range(32))
+    for name in ("auth_trailer", "auth_valid"):
+        raw = bytes.fromhex(VECTORS[name]["hex"])
+        assert raw[5] & wire.HeaderFlag.AUTH
+        assert int.from_bytes(raw[-20:-16], "little") == 1
+        expected = hashlib.blake2b(raw[:-16], key=secret, digest_size=16).digest()
+        assert raw[-16:] == expected
+        assert VECTORS[name]["auth"]["key_hex"] == secret.hex()
+
+
+def test_auth_section_names_the_api_and_counters() -> None:
+    section = SPEC.split("## 9. Authentication", 1)[1].split("## 10.", 1)[0]
+    for name in ("`KeyRing`", "`Publisher.set_keys", "`Subscriber.set_keys",
+                 "`PublisherConfig(keys=", "`SubscriberConfig(keys=", "replay_window_s",
+                 "`GRAPEVINE_KEYS`", "`grapevine keygen", "`unauthenticated`",
+                 "`unknown_keys`", "`bad_tags`", "`replayed`", "`KEY_ID:SECRET`"):
+        assert name in section, name
+    for name in VECTORS:
+        if name.startswith("auth_") and "auth" in VECTORS[name]:
+            assert f"`{name}`" in SPEC, name
 
 
 # --------------------------------------------------------------------------- names and values
@@ -221,7 +241,7 @@ def test_diagrams_show_every_field_at_its_offset() -> None:
         "### 6.5 END_OF_SESSION": field_layout(wire.MessageHeader),
         "### 6.6 TOUCHED": field_layout(wire.MessageHeader, wire.TouchedFields),
         "Each TOUCHED entry:": field_layout(wire.TouchedEntry),
-        "## 9. Authentication trailer": field_layout(wire.AuthTrailer),
+        "## 9. Authentication": field_layout(wire.AuthTrailer),
     }
     for heading, layout in sections.items():
         body = SPEC.split(heading, 1)[1]

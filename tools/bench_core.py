@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import BytesModel
 from grapevine._publisher_core import PublisherConfig, PublisherCore
-from grapevine._subscriber_core import SubscriberCore
+from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
+from grapevine.auth import KeyRing, generate_key
 from grapevine.codec import decode
 
 PAYLOAD = bytes(range(18))
@@ -45,10 +46,28 @@ def main() -> int:
         measure(args.deltas, args.repeats, PublisherConfig(
             min_cycle_s=1e9, max_queued_deltas=args.deltas + 1,
             touched_interval_s=touched_interval_s))
+    # Authentication on against off, interleaved in this run (issue 8): the same stream,
+    # every datagram signed by the publisher and verified (and replay-checked) by the
+    # subscriber.
+    ring = KeyRing.from_text(generate_key(1))
+    sides: dict[bool, list[tuple[str, float]]] = {False: [], True: []}
+    for _ in range(2):
+        for keys in (False, True):
+            print(f"--- authentication {'on' if keys else 'off'} (TOUCHED default)")
+            sides[keys].append(measure(args.deltas, args.repeats, PublisherConfig(
+                min_cycle_s=1e9, max_queued_deltas=args.deltas + 1,
+                keys=ring if keys else None), SubscriberConfig(keys=ring if keys else None)))
+    print("--- authentication on / off (best of both rounds)")
+    for index, name in enumerate(("publish", "pack (and sign)", "decode",
+                                  "receive (and verify)")):
+        off = min(row[index][1] for row in sides[False])
+        on = min(row[index][1] for row in sides[True])
+        print(f"{name:40} {on / off:5.2f} x  (+{(on - off) / args.deltas * 1e9:.0f} ns/delta)")
     return 0
 
 
-def measure(n: int, repeats: int, config: PublisherConfig) -> None:
+def measure(n: int, repeats: int, config: PublisherConfig,
+            sub_config: SubscriberConfig | None = None) -> list[tuple[str, float]]:
     model = BytesModel()
 
     def baseline() -> float:
@@ -88,7 +107,7 @@ def measure(n: int, repeats: int, config: PublisherConfig) -> None:
         return time.perf_counter() - start
 
     def receive() -> float:
-        sub = SubscriberCore(model)
+        sub = SubscriberCore(model, sub_config)
         start = time.perf_counter()
         for datagram in datagrams:
             sub.receive(datagram, 0.0)
@@ -112,6 +131,7 @@ def measure(n: int, repeats: int, config: PublisherConfig) -> None:
     publisher = rows[0][1] + rows[1][1]
     print(f"publisher side {n / publisher / 1e3:.0f} k deltas/s, subscriber side "
           f"{n / rows[3][1] / 1e3:.0f} k deltas/s (one core each)")
+    return rows
 
 
 if __name__ == "__main__":

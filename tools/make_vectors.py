@@ -9,6 +9,13 @@ vectors are valid encodings with one thing broken; their ``error`` records what 
 decoder must report (``field``, ``offset``, ``reason_contains``) and the field the construct
 decoder reports (``construct_field``).
 
+Authentication vectors (``auth_*``) also record what a receiver holding the published test
+key (SPEC section 9) decides: ``auth`` gives that key (``key_id``, ``key_hex``) and the
+``verdict`` of :meth:`grapevine.auth.Verifier.check`; ``auth_replayed`` adds the replay
+window and a ``sequence`` of datagrams with each one's verdict and replay outcome. Tags
+are computed here with ``hashlib.blake2b`` directly and checked against
+:func:`grapevine.auth.sign` and :class:`~grapevine.auth.Verifier` as the vectors are built.
+
 Everything is deterministic (fixed ids, times and payloads): re-running this script
 reproduces the files byte for byte (``tests/test_vectors.py`` checks it).
 
@@ -19,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import hmac
 import json
 import struct
 import sys
@@ -31,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from grapevine import codec, wire  # noqa: E402
+from grapevine import auth, codec, wire  # noqa: E402
 from grapevine._errors import DecodeError, EncodeError  # noqa: E402
 from grapevine.codec import (  # noqa: E402
     AuthTag,
@@ -50,7 +56,10 @@ VECTOR_DIR = ROOT / "protocol" / "vectors"
 STREAM_ID = 7
 SESSION_ID = 0x5EED_CAFE_0000_0001
 SEND_TIME_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
-AUTH_TEST_KEY = b"grapevine-v1-test-key"  # documented in SPEC.md; the tag is an example only
+# The published test key (SPEC section 9 and 14.6): key id 1, the 32 bytes 00 01 02 ... 1f.
+AUTH_TEST_KEY_ID = 1
+AUTH_TEST_KEY = bytes(range(32))
+AUTH_WINDOW_NS = auth.DEFAULT_REPLAY_WINDOW_NS
 
 U32 = 0xFFFF_FFFF
 U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -174,7 +183,7 @@ class Vectors:
 
     def valid(self, name: str, description: str, value: Decoded, *,
               raw: bytes | None = None, fields: dict[str, Any] | None = None,
-              reencodes: bool = True) -> bytes:
+              reencodes: bool = True, auth_check: dict[str, Any] | None = None) -> bytes:
         data = codec.encode_with_construct(value) if raw is None else raw
         fast = build_with_builder(value)
         if raw is None and fast is not None and fast != data:
@@ -188,6 +197,9 @@ class Vectors:
         if not reencodes:
             item["reencodes"] = False
         item["fields"] = datagram_fields(value) if fields is None else fields
+        if auth_check is not None:
+            _check_auth(name, data, auth_check)
+            item["auth"] = auth_check
         self._add(item)
         return data
 
@@ -216,6 +228,62 @@ class Vectors:
         if any(i["name"] == item["name"] for i in self.items):
             raise AssertionError(f"duplicate vector {item['name']}")
         self.items.append(item)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def _blake2b_tag(covered: bytes, secret: bytes) -> bytes:
+    """SPEC section 9's tag, computed here without grapevine.auth."""
+    return hashlib.blake2b(covered, key=secret, digest_size=auth.TAG_SIZE).digest()
+
+
+def signed(value: Decoded, key_id: int = AUTH_TEST_KEY_ID,
+           secret: bytes = AUTH_TEST_KEY) -> Decoded:
+    """``value`` (without AUTH) signed: flag AUTH set, trailer ``key_id`` and the tag."""
+    assert value.auth is None
+    assert not value.flags & HeaderFlag.AUTH
+    with_flag = value._replace(flags=value.flags | int(HeaderFlag.AUTH))
+    covered = codec.encode_with_construct(
+        with_flag._replace(auth=codec.AuthTag(key_id, bytes(auth.TAG_SIZE))))[: -auth.TAG_SIZE]
+    tag = _blake2b_tag(covered, secret)
+    reference = auth.sign(codec.encode_with_construct(value),
+                          auth.KeyRing([auth.Key(key_id, secret)]))
+    if reference != covered + tag:
+        raise AssertionError("grapevine.auth.sign disagrees with SPEC section 9's tag")
+    return with_flag._replace(auth=codec.AuthTag(key_id, tag))
+
+
+def receiver_key(verdict: str, **extra: Any) -> dict[str, Any]:
+    """The ``auth`` entry of a vector: the receiver holds the test key only."""
+    return {"key_id": AUTH_TEST_KEY_ID, "key_hex": AUTH_TEST_KEY.hex(), "verdict": verdict,
+            **extra}
+
+
+def _check_auth(name: str, data: bytes, check: dict[str, Any]) -> None:
+    """The verdicts a vector records are grapevine.auth's."""
+    ring = auth.KeyRing([auth.Key(check["key_id"], bytes.fromhex(check["key_hex"]))])
+    verifier = auth.Verifier(ring)
+    got = verifier.check(data)
+    if got is not auth.Verdict[check["verdict"]]:
+        raise AssertionError(f"{name}: Verifier says {got.name}, not {check['verdict']}")
+    if "sequence" not in check:
+        return
+    guard = auth.ReplayGuard(check["window_ns"])
+    for index, step in enumerate(check["sequence"]):
+        raw = bytes.fromhex(step["hex"])
+        verdict = verifier.check(raw)
+        if verdict is not auth.Verdict[step["verdict"]]:
+            raise AssertionError(f"{name}[{index}]: Verifier says {verdict.name}")
+        decoded = codec.decode(raw)
+        assert decoded.auth is not None
+        before = (guard.replayed_duplicate, guard.replayed_old)
+        accepted = guard.accept(decoded.session_id, decoded.send_time_ns, decoded.auth.tag)
+        outcome = ("ACCEPTED" if accepted else
+                   "DUPLICATE" if guard.replayed_duplicate > before[0] else "TOO_OLD")
+        if outcome != step["replay"]:
+            raise AssertionError(f"{name}[{index}]: ReplayGuard says {outcome}, not "
+                                 f"{step['replay']}")
 
 
 def _patch(data: bytes, offset: int, fmt: str, *values: int) -> bytes:
@@ -337,16 +405,74 @@ def build() -> list[dict[str, Any]]:
     v.valid("end_of_session_extra_body", "An END_OF_SESSION with a 2-byte body: receivers "
             "ignore it.", eos_value, raw=eos[:-4] + _raw_message(4, 0, b"\xaa\xbb"),
             fields=eos_fields, reencodes=False)
-    unsigned = codec.encode_with_construct(
-        datagram([delta(6, 1, payload(40, 5), create)], 9200, flags=int(HeaderFlag.AUTH),
-                 auth=AuthTag(1, bytes(16))))[: -wire.AUTH_TRAILER_SIZE]
-    tag = hmac.new(AUTH_TEST_KEY, unsigned + struct.pack("<I", 1), "sha256").digest()[:16]
-    v.valid("auth_trailer", "AUTH header flag with the 20-byte trailer: key_id 1 and a tag "
-            "computed as the first 16 bytes of HMAC-SHA256(key=b'grapevine-v1-test-key', every "
-            "preceding byte including key_id). Illustrative only: tag verification is not yet "
-            "specified; receivers that do not verify ignore the trailer.",
-            datagram([delta(6, 1, payload(40, 5), create)], 9200, flags=int(HeaderFlag.AUTH),
-                     auth=AuthTag(1, tag)))
+    v.valid("auth_trailer", "AUTH header flag with the 20-byte trailer: key_id 1 and the "
+            "tag BLAKE2b(key=the test key, digest_size=16) over every preceding byte (the "
+            "header with AUTH set, the DELTA and key_id). The test key is key id 1, the 32 "
+            "bytes 00 01 02 ... 1f (key_hex in auth); a receiver holding it accepts the "
+            "datagram, and a receiver without keys ignores the trailer.",
+            signed(datagram([delta(6, 1, payload(40, 5), create)], 9200)),
+            auth_check=receiver_key("ACCEPTED"))
+
+    # ---------------------------------------------------------------- authentication verdicts
+    # The delta vector (leaf 42, stream sequence 1000) signed with the test key, and what a
+    # receiver holding only the test key (key id 1) does with it and its variants.
+    plain = datagram([delta(42, 3, payload(1, 8))], 1000)
+    good = signed(plain)
+    valid_auth = v.valid(
+        "auth_valid", "The delta vector signed with the test key (key id 1): header flag AUTH "
+        "set, trailer key_id 1 and the BLAKE2b-16 tag over the 64 bytes before it (the "
+        "60-byte DELTA datagram with AUTH set, and key_id). A receiver holding the test key "
+        "as key 1 accepts it (verdict ACCEPTED).",
+        good, auth_check=receiver_key("ACCEPTED"))
+    tag_start = len(valid_auth) - auth.TAG_SIZE
+    flipped = bytearray(valid_auth)
+    flipped[tag_start] ^= 0x01
+    assert good.auth is not None
+    v.valid("auth_bad_tag", "auth_valid with the first tag byte's lowest bit flipped "
+            f"({valid_auth[tag_start]:02x} -> {flipped[tag_start]:02x}): well formed, but "
+            "the tag does not verify: a receiver with keys drops it before decoding "
+            "(verdict BAD_TAG, counted in bad_tags).",
+            good._replace(auth=good.auth._replace(tag=bytes(flipped[tag_start:]))),
+            auth_check=receiver_key("BAD_TAG"))
+    v.valid("auth_unknown_key", "The delta vector signed with the test key's secret under "
+            "key id 2: the tag is right for key 2, but the receiver holds only key 1, so it "
+            "drops it unverified (verdict UNKNOWN_KEY, counted in unknown_keys).",
+            signed(plain, key_id=2), auth_check=receiver_key("UNKNOWN_KEY"))
+    v.valid("auth_unsigned", "The delta vector as it is, without AUTH and trailer: a receiver "
+            "with keys drops it (verdict UNAUTHENTICATED, counted in unauthenticated); one "
+            "without keys accepts it.", plain, auth_check=receiver_key("UNAUTHENTICATED"))
+    second = 1_000_000_000
+    edge = signed(datagram([Heartbeat(1000)], 1001, send_time_ns=SEND_TIME_NS - 2 * second))
+    stale_eos = signed(datagram([EndOfSession()], 1001,
+                                send_time_ns=SEND_TIME_NS - 2 * second - 1))
+    other = SESSION_ID + 1
+    old_session = signed(datagram([Heartbeat(1000)], 1, session_id=other,
+                                  send_time_ns=SEND_TIME_NS - 2 * second - 1))
+    new_session = signed(datagram([Heartbeat(1000)], 1, session_id=other,
+                                  send_time_ns=SEND_TIME_NS - second))
+    steps = [
+        (good, "ACCEPTED", "auth_valid: the first datagram the receiver accepts; the newest "
+                           "send time of session 0x5EEDCAFE00000001 is now T"),
+        (good, "DUPLICATE", "auth_valid again (a replay, or a network duplicate): its tag "
+                            "was accepted in this session within the window"),
+        (edge, "ACCEPTED", "a HEARTBEAT of the same session sent exactly 2 s before T: "
+                           "within the window"),
+        (stale_eos, "TOO_OLD", "an END_OF_SESSION of the same session sent 2 s + 1 ns "
+                               "before T: older than the newest of its session by more "
+                               "than the window"),
+        (old_session, "TOO_OLD", "a HEARTBEAT of a session not seen before, sent 2 s + 1 ns "
+                                 "before T: a replayed old session"),
+        (new_session, "ACCEPTED", "a HEARTBEAT of that session sent 1 s before T: a new "
+                                  "session within the window of the newest accepted"),
+    ]
+    sequence = [{"hex": codec.encode_with_construct(value).hex(), "verdict": "ACCEPTED",
+                 "replay": outcome, "note": note} for value, outcome, note in steps]
+    v.valid("auth_replayed", "Replay protection with the test key and the default 2 s "
+            "window: auth.sequence lists datagrams in arrival order, each with the tag "
+            "verdict and the replay outcome (ACCEPTED, DUPLICATE, TOO_OLD). This vector's "
+            "own datagram is the first of them (auth_valid). T = 1767225600000000000.",
+            good, auth_check=receiver_key("ACCEPTED", window_ns=AUTH_WINDOW_NS,
+                                          sequence=sequence))
 
     # ---------------------------------------------------------------- TOUCHED summaries
     v.valid(
