@@ -153,7 +153,12 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.session_id = session_id if session_id is not None else new_session_id()
         self.stats = PublisherStats()
         self._max_queued = self.config.max_queued_deltas
-        self._max_payload = self.config.max_datagram_size - HEADER_SIZE - DELTA_OVERHEAD
+        # The signing keys can change while the publisher runs (rotation: set_keys); the
+        # trailer's 20 bytes come off every datagram's room for messages when signing.
+        self.keys = self.config.keys
+        self._room = room = self.config.max_datagram_size - (
+            AUTH_TRAILER_SIZE if self.keys else 0)
+        self._max_payload = room - HEADER_SIZE - DELTA_OVERHEAD
         self.leaves: SortedDict[int, Any] = SortedDict()
         for leaf_id, value in (initial or {}).items():
             self._check_leaf_id(leaf_id)
@@ -164,9 +169,6 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot | Touched] = deque()
         self._queued_deltas = 0
         self._queued_delta_bytes = 0
-        # The signing keys can change while the publisher runs (rotation: set_keys).
-        self.keys = self.config.keys
-        room = self.config.max_datagram_size - (AUTH_TRAILER_SIZE if self.keys else 0)
         self._builder = DatagramBuilder(self.config.stream_id, self.session_id, room)
         self._fragment_room = room - HEADER_SIZE - SNAPSHOT_OVERHEAD
         # Snapshot cycle state.
@@ -181,8 +183,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._touched: dict[int, int] = {}
         self._touched_from = 1
         self._touched_at = now
-        self._touched_max = (self.config.max_datagram_size - HEADER_SIZE
-                             - TOUCHED_OVERHEAD) // TOUCHED_ENTRY_SIZE
+        self._touched_max = (room - HEADER_SIZE - TOUCHED_OVERHEAD) // TOUCHED_ENTRY_SIZE
         self._last_heartbeat = self._last_send
         self._heartbeat_ms = round(self.config.heartbeat_interval_s * 1000)
         self.ended = False
@@ -212,7 +213,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         payload = model.encode_delta(delta)
         if len(payload) > self._max_payload:
             raise EncodeError(f"a delta payload of {len(payload)} bytes does not fit one "
-                              f"{self.config.max_datagram_size}-byte datagram")
+                              f"{self._room}-byte datagram (room for messages)")
         leaves = self.leaves
         current = leaves.get(leaf_id, _ABSENT)
         if current is not _ABSENT:
@@ -243,7 +244,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
     @property
     def queue_fills_a_datagram(self) -> bool:
         """True if the queued deltas fill at least one datagram (lingering is pointless)."""
-        return self._queued_delta_bytes >= self.config.max_datagram_size - HEADER_SIZE
+        return self._queued_delta_bytes >= self._room - HEADER_SIZE
 
     def leaf_seq(self, leaf_id: int) -> int:
         """The leaf's current leaf sequence (0 if it never changed in this session)."""

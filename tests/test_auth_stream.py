@@ -191,3 +191,29 @@ def test_keys_are_checked_at_the_call() -> None:
     sub = SubscriberCore(ChainModel())
     with pytest.raises(ConfigError, match="does not verify"):
         sub.set_keys(KeyRing([KEY_1]))
+
+
+def test_a_signed_publisher_fits_full_summaries_and_snapshots_into_its_room() -> None:
+    """With keys every datagram loses 20 bytes to the trailer: a TOUCHED summary of the
+    most leaves that fit, the largest delta and fragmented snapshots must all still fit
+    (found by tools/bench_core.py: a full summary overflowed a signed datagram)."""
+    ring = KeyRing([KEY_1])
+    config = PublisherConfig(min_cycle_s=0.0, keys=ring, max_datagram_size=600)
+    pub = PublisherCore(ChainModel(), config, now=0.0, session_id=9)
+    sub = SubscriberCore(ChainModel(), SubscriberConfig(keys=ring))
+    now = 0.0
+    for round_ in range(5):
+        for leaf_id in range(500):  # many leaves touched: summaries as full as they get
+            pub.publish(leaf_id, round_ * 1000 + leaf_id)
+        now += 0.02
+        while (datagram := pub.next_datagram(now)) is not None:
+            assert len(datagram) <= 600
+            sub.receive(datagram, now)
+    assert sub.stats.bad_tags == sub.stats.unauthenticated == 0
+    assert sub.stats.touched_summaries > 0
+    for _ in range(100):
+        now += 0.01
+        while (datagram := pub.next_datagram(now)) is not None:
+            sub.receive(datagram, now)
+    assert sub.synced
+    assert sub.values() == dict(pub.leaves.items())
