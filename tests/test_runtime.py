@@ -14,6 +14,7 @@ from grapevine import (
     BytesModel,
     ClosedError,
     ConfigError,
+    KeyRing,
     Publisher,
     Status,
     StatusEvent,
@@ -22,6 +23,7 @@ from grapevine import (
     UpdateKind,
 )
 from grapevine._transport import open_sender
+from grapevine.auth import Key
 
 pytestmark = pytest.mark.network
 
@@ -305,3 +307,36 @@ def test_close_from_inside_a_callback(endpoint: dict[str, Any], inline: bool) ->
     sub.close()  # idempotent; the thread-leak fixture checks that every thread ended
     with pytest.raises(ClosedError):
         sub.on_status(print)
+
+
+def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: dict[str, Any]) -> None:
+    """Issue 8 on loopback: a signing publisher, a verifying subscriber and an unsigned
+    impostor on the same group and port; keys rotate in the middle of the stream. Nothing
+    honest is lost, every impostor datagram is counted."""
+    old, new = Key(1, bytes(range(32))), Key(2, bytes(range(1, 33)))
+    model = ChainModel()
+    sub_config = SubscriberConfig(keys=KeyRing([old, new], signing_key_id=1))
+    with Publisher(model, config=fast_publisher(keys=KeyRing([old])), **endpoint) as pub, \
+            Subscriber(model, config=sub_config, **endpoint) as sub, \
+            Publisher(model, config=fast_publisher(), **endpoint) as impostor:
+        for i in range(200):
+            pub.publish(i % 10, i)
+        assert sub.wait_until_applied(pub.last_sequence, timeout=10)
+        impostor.publish(3, 999)  # an unsigned stream on the same group and port
+        assert impostor.flush(5)
+        pub.set_keys(KeyRing([new]))
+        for i in range(200, 400):
+            pub.publish(i % 10, i)
+        assert sub.wait_until_applied(pub.last_sequence, session_id=pub.session_id,
+                                      timeout=10)
+        sub.set_keys(KeyRing([new]))
+        for i in range(400, 500):
+            pub.publish(i % 10, i)
+        assert sub.wait_until_applied(pub.last_sequence, session_id=pub.session_id,
+                                      timeout=10)
+        assert sub.values() == pub.values()
+        assert wait_until(lambda: sub.stats()["unauthenticated"] > 0)
+        stats = sub.stats()
+        assert stats["bad_tags"] == stats["unknown_keys"] == 0
+        assert stats["gaps"] == 0
+        assert stats["restarts"] == 0
