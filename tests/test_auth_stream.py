@@ -217,3 +217,20 @@ def test_a_signed_publisher_fits_full_summaries_and_snapshots_into_its_room() ->
             sub.receive(datagram, now)
     assert sub.synced
     assert sub.values() == dict(pub.leaves.items())
+
+
+def test_datagrams_captured_minutes_earlier_are_rejected_as_too_old() -> None:
+    """Issue 8's replay of captures minutes old: three minutes of stream later, the
+    captured datagrams (deltas, snapshots, heartbeats, summaries) are all too old."""
+    feed = SignedFeed(KeyRing([KEY_1]), KeyRing([KEY_1]))
+    for _ in range(50):
+        feed.step()
+    captured = list(feed.sent)
+    feed.now += 180.0  # three minutes on: the publisher idles (heartbeats and cycles)
+    for _ in range(20):
+        feed.step()
+    assert feed.sub.synced
+    replayed = feed.sub.stats.replayed
+    for data in captured:
+        feed.deliver(data, check_synced=True)
+    assert feed.sub.stats.replayed - replayed == len(captured)
