@@ -2,7 +2,9 @@
 
 ``tools/attack_run.py`` runs a real publisher, three real subscribers and an attacker (plain
 UDP sockets that capture the real datagrams and send forgeries to the same group and port)
-inside a network namespace of its own (``unshare -rn``): nothing leaves the host. The
+inside a network namespace of its own (``unshare -rn``): nothing leaves the host. With
+``--veth`` (both tests here) the attacker runs in a second namespace made inside that one,
+on the same segment: a veth pair joins the two, and the stream and the forgeries cross it. The
 attacks, in order: a sequence of 2**62 and a bit-flipped header sequence; a forged
 END_OF_SESSION followed by a stranger session; a SNAPSHOT copy with LAST set (and a variant
 with cycle_count made consistent with LAST) in a quiet moment; a flood of bit-flipped but
@@ -35,10 +37,21 @@ pytestmark = [
 SUBSCRIBERS = 3
 
 
+def assert_crossed_veth(report: dict) -> None:
+    """The attacker was in the other namespace: the stream left through this end of the
+    veth pair and every forgery came in through it."""
+    config = report["config"]
+    assert config["topology"] == "veth", config
+    assert (config["interface"], config["attacker_interface"]) == ("10.77.0.1", "10.77.0.2")
+    veth = report["veth"]
+    assert veth["tx_packets"] >= report["publisher"]["datagrams"], veth
+    assert veth["rx_packets"] >= report["attacker"]["sent"], veth
+
+
 @pytest.mark.timeout(120)
 def test_subscribers_survive_attacks_and_converge() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "attack_run.py"),
+        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--veth",
          "--subscribers", str(SUBSCRIBERS), "--leaves", "300", "--rate", "3000"],
         capture_output=True, text=True, timeout=110, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -49,6 +62,7 @@ def test_subscribers_survive_attacks_and_converge() -> None:
     assert lines, f"no report (exit {result.returncode}):\n{digest}"
     report = json.loads(lines[-1])
     assert all(report["initial_sync"]), f"the subscribers never synced before the attacks\n{digest}"
+    assert_crossed_veth(report)
     assert len(report["steps"]) == 10, digest
 
     # The bound the run waited after publishing stopped: restart grace + 2 snapshot cycles
@@ -83,7 +97,7 @@ def test_with_keys_every_attack_is_dropped_and_replicas_stay_synced_throughout()
     and every subscriber is synced, on the live session and (in quiet steps) equal at every
     observation, with no divergence, resync, restart or stale leaf anywhere."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--keys",
+        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--keys", "--veth",
          "--subscribers", str(SUBSCRIBERS), "--leaves", "300", "--rate", "3000"],
         capture_output=True, text=True, timeout=110, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -93,6 +107,7 @@ def test_with_keys_every_attack_is_dropped_and_replicas_stay_synced_throughout()
     assert lines, f"no report (exit {result.returncode}):\n{digest}"
     report = json.loads(lines[-1])
     assert report["keys"] is True
+    assert_crossed_veth(report)
     assert len(report["steps"]) == 10, digest
     assert report["unsynced_observations"] == [], digest
     assert report["silent_divergences"] == [], digest

@@ -5,13 +5,20 @@ Run as root (or anywhere ``unshare -rn`` works)::
 
     python3 tools/attack_run.py                    # every attack step, in order
     python3 tools/attack_run.py --steps 2          # only phase 2 (numbers or step names)
+    python3 tools/attack_run.py --veth             # the attacker in a namespace of its own
 
 It re-executes itself inside a new network namespace (``unshare -rn``: only a loopback
 interface exists there, so nothing can leave the host) and brings ``lo`` up. Inside, a real
 :class:`Publisher` (order books from the demo's market generator) publishes to a group on a
 free port (loopback, TTL 0) and real :class:`Subscriber` s follow it. An *attacker*, two
 plain UDP sockets in the same namespace, captures the real datagrams (it joins the group
-itself) and, during the live stream, sends to the same group and port, step by step:
+itself) and, during the live stream, sends to the same group and port, step by step.
+
+With ``--veth`` the attacker runs in a second namespace of its own, made inside the private
+one and joined to it by a veth pair (10.77.0.1 here, 10.77.0.2 there): the publisher (TTL 1)
+and the subscribers use 10.77.0.1, the attacker's sockets live in the other namespace and
+use 10.77.0.2 (TTL 1), so the stream and the forgeries cross the veth. Neither namespace
+has any other interface than ``lo`` and its end of the pair. The steps:
 
 1. ``seq_2_62``: a HEARTBEAT-only datagram of the live session with sequence 2**62;
    ``bitflip_header_sequence``: a copy of a live DELTA datagram with one header-sequence bit
@@ -60,7 +67,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _netns import run_in_private_namespace  # this script's own folder, tools/
+from _netns import PeerNamespace, run_in_private_namespace  # this script's folder, tools/
 
 from grapevine import Publisher, PublisherConfig, StatusEvent, Subscriber, SubscriberConfig
 from grapevine._errors import DecodeError, EncodeError
@@ -138,6 +145,10 @@ def main() -> int:
                         help="the publisher signs and the subscribers verify (a fresh random "
                              "key the attacker does not have): every attack must be dropped, "
                              "every replica synced and equal throughout")
+    parser.add_argument("--veth", action="store_true",
+                        help="the attacker in a network namespace of its own, joined to the "
+                             "publisher's and subscribers' by a veth pair (default: all on "
+                             "loopback in one namespace)")
     parser.add_argument("--slack", type=float, default=3.0,
                         help="final bound: restart grace + 2 snapshot cycles + this")
     args = parser.parse_args()
@@ -244,13 +255,14 @@ class Capture:
 class Attacker:
     """Captures the real datagrams on its own joined socket; sends from another socket."""
 
-    def __init__(self, group: str, port: int) -> None:
+    def __init__(self, group: str, port: int, *, interface: str = _INTERFACE,
+                 ttl: int = 0) -> None:
         self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         self.sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                               socket.inet_aton(_INTERFACE))
-        self.sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+                               socket.inet_aton(interface))
+        self.sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
         self.sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        self.sender.bind((_INTERFACE, 0))
+        self.sender.bind((interface, 0))
         self.sender.connect((group, port))
         self.own_address = self.sender.getsockname()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
@@ -258,7 +270,7 @@ class Attacker:
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.listener.bind((group, port))
         self.listener.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                                 socket.inet_aton(group) + socket.inet_aton(_INTERFACE))
+                                 socket.inet_aton(group) + socket.inet_aton(interface))
         self.listener.settimeout(0.05)
         self.lock = threading.Lock()
         self.captures: deque[Capture] = deque(maxlen=20_000)
@@ -826,15 +838,24 @@ def run_inside(args: argparse.Namespace) -> int:
     subs: list[Subscriber[Any, Any]] = []
     attacker: Attacker | None = None
     feeder: Feeder | None = None
+    peer: PeerNamespace | None = None
     report: dict[str, Any] = {"steps": []}
     try:
-        subs = [Subscriber(model, group=_GROUP, port=port, config=sub_config,
-                           on_status=recorder(i))
+        interface, ttl = _INTERFACE, 0
+        if args.veth:
+            peer = PeerNamespace()
+            interface, ttl = peer.local, 1
+        subs = [Subscriber(model, group=_GROUP, port=port, interface=interface,
+                           config=sub_config, on_status=recorder(i))
                 for i in range(args.subscribers)]
-        attacker = Attacker(_GROUP, port)
+        if peer is not None:
+            # Made on the peer namespace's thread: its sockets live there for good.
+            attacker = peer.run(lambda: Attacker(_GROUP, port, interface=peer.peer, ttl=1))
+        else:
+            attacker = Attacker(_GROUP, port)
         initial = market.copy_books()
-        with Publisher(model, group=_GROUP, port=port, config=pub_config,
-                       initial=initial) as pub:
+        with Publisher(model, group=_GROUP, port=port, interface=interface, ttl=ttl,
+                       config=pub_config, initial=initial) as pub:
             # The bounds, from the configs: a snapshot cycle lasts min_cycle_s or the time
             # its bytes take at snapshot_bytes_per_s, whichever is longer.
             cycle_bytes = sum(len(model.encode_leaf(book)) + SNAPSHOT_OVERHEAD
@@ -848,6 +869,9 @@ def run_inside(args: argparse.Namespace) -> int:
             report["config"] = {
                 "leaves": args.leaves, "rate": args.rate, "subscribers": args.subscribers,
                 "group": _GROUP, "port": port, "seed": args.seed,
+                "topology": "veth" if peer is not None else "loopback",
+                "interface": interface, "ttl": ttl,
+                "attacker_interface": peer.peer if peer is not None else _INTERFACE,
                 "steps": [name for _, name, _ in steps],
                 "restart_grace_s": grace_s, "snapshot_cycle_s": round(cycle_s, 3),
                 "step_bound_s": round(step_bound, 3), "final_bound_s": round(final_bound, 3),
@@ -922,6 +946,8 @@ def run_inside(args: argparse.Namespace) -> int:
                                    if k in ("deltas", "datagrams", "cycles", "send_errors")}
             report["attacker"] = {"sent": attacker.sent,
                                   "captured_undecodable": attacker.undecodable}
+            if peer is not None:  # the stream out of and the forgeries into this namespace
+                report["veth"] = {"device": peer.local_dev, **peer.counters()}
             feeder.stop()
     finally:
         if feeder is not None:
@@ -930,6 +956,8 @@ def run_inside(args: argparse.Namespace) -> int:
             attacker.close()
         for sub in subs:
             sub.close()
+        if peer is not None:
+            peer.close()
     report["log"] = {"counts": dict(errors.counts), "samples": errors.samples}
     ok = (report.get("final", {}).get("all", False)
           and all(state.get("equal") and state.get("synced")
