@@ -7,6 +7,7 @@ detect loss, repair exactly the leaves that loss touched and know when they are 
 
 from __future__ import annotations
 
+from ._decode_cmd import PcapError
 from ._errors import (
     AuthError,
     ClosedError,
@@ -14,9 +15,13 @@ from ._errors import (
     DecodeError,
     EncodeError,
     GrapevineError,
+    LeafIdError,
+    NetworkError,
     PublisherFailedError,
+    QueueFullError,
+    UnknownLeafError,
 )
-from ._publisher_core import PublisherConfig, QueueFullError
+from ._publisher_core import PublisherConfig
 from ._subscriber_core import SubscriberConfig
 from .auth import Key, KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import decode, describe
@@ -37,7 +42,10 @@ __all__ = [
     "GrapevineError",
     "Key",
     "KeyRing",
+    "LeafIdError",
     "LeafModel",
+    "NetworkError",
+    "PcapError",
     "Publisher",
     "PublisherConfig",
     "PublisherFailedError",
@@ -48,6 +56,7 @@ __all__ = [
     "StatusEvent",
     "Subscriber",
     "SubscriberConfig",
+    "UnknownLeafError",
     "UpdateKind",
     "Verdict",
     "Verifier",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ._errors import DecodeError
+from ._errors import DecodeError, GrapevineError
 from .codec import decode, describe
 
 __all__ = ["PcapError", "add_arguments", "iter_pcap", "main", "run"]
@@ -42,7 +42,7 @@ _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_VLAN = (0x8100, 0x88A8, 0x9100)
 
 
-class PcapError(Exception):
+class PcapError(GrapevineError, ValueError):
     """The file is not a readable classic pcap capture."""
 
 

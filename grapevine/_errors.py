@@ -15,7 +15,11 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "GrapevineError",
+    "LeafIdError",
+    "NetworkError",
     "PublisherFailedError",
+    "QueueFullError",
+    "UnknownLeafError",
 ]
 
 
@@ -43,6 +47,40 @@ class EncodeError(GrapevineError, ValueError):
 
 class ConfigError(GrapevineError, ValueError):
     """A constructor or call argument is invalid (bad group address, bad rate, ...)."""
+
+
+class LeafIdError(ConfigError, EncodeError):
+    """A leaf id is not an int in 0..MAX_LEAF_ID (2**32 - 1).
+
+    The same error wherever a leaf id is given: ``publish``, ``delete``, ``initial``,
+    ``on_leaf``. It is a :class:`ConfigError` (a bad argument) and an :class:`EncodeError`
+    (a value the wire cannot carry).
+    """
+
+
+class UnknownLeafError(GrapevineError, KeyError):
+    """The leaf does not exist (``delete`` of a missing leaf, ``get`` of a leaf not held).
+
+    A :class:`KeyError` too, so mapping-style code that catches ``KeyError`` still works.
+    """
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument
+        return str(self.args[0]) if self.args else "unknown leaf"
+
+
+class QueueFullError(GrapevineError, RuntimeError):
+    """Back-pressure: the send queue is full and the change was *not* applied.
+
+    Raised by ``publish``/``delete`` with ``on_full="error"``, or after ``block_timeout_s``
+    with ``on_full="block"``. Not an :class:`EncodeError`: nothing was wrong with the value;
+    publish it again once the queue drains.
+    """
+
+
+class NetworkError(GrapevineError, OSError):
+    """A socket could not be set up for the group, port and interface given (for example
+    an interface address this host does not have). ``errno`` is the operating system's;
+    the message names the interface, group and port."""
 
 
 class AuthError(GrapevineError, ValueError):

@@ -26,7 +26,7 @@ from typing import Any, Generic
 from sortedcontainers import SortedDict
 
 from . import wire
-from ._errors import ConfigError, EncodeError
+from ._errors import ConfigError, EncodeError, LeafIdError, QueueFullError, UnknownLeafError
 from ._stream_id import check_stream_id
 from .auth import KeyRing, sign
 from .codec import (
@@ -52,8 +52,6 @@ _ABSENT: Any = object()
 _dict_set = dict.__setitem__
 
 
-class QueueFullError(EncodeError):
-    """The send queue holds ``max_queued_deltas`` deltas; the change was not applied."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +226,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""
         self._check_leaf_id(leaf_id)
         if leaf_id not in self.leaves:
-            raise KeyError(f"leaf {leaf_id} does not exist")
+            raise UnknownLeafError(f"leaf {leaf_id} does not exist")
         if self._queued_deltas >= self.config.max_queued_deltas:
             raise QueueFullError(f"{self._queued_deltas} deltas are queued")
         del self.leaves[leaf_id]
@@ -525,4 +523,4 @@ class PublisherCore(Generic[LeafT, DeltaT]):
     @staticmethod
     def _check_leaf_id(leaf_id: int) -> None:
         if not isinstance(leaf_id, int) or not 0 <= leaf_id <= wire.MAX_LEAF_ID:
-            raise EncodeError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")
+            raise LeafIdError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")

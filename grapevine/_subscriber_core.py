@@ -40,7 +40,7 @@ from sortedcontainers import SortedDict
 
 from . import wire
 from ._coverage import Coverage
-from ._errors import ConfigError, DecodeError
+from ._errors import ConfigError, DecodeError, UnknownLeafError
 from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
@@ -381,9 +381,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def get(self, leaf_id: int) -> Any:
         """The leaf's current value; KeyError if not installed."""
-        rec = self.leaves[leaf_id]
-        if rec.value is _ABSENT:
-            raise KeyError(leaf_id)
+        rec = self.leaves.get(leaf_id)
+        if rec is None or rec.value is _ABSENT:
+            raise UnknownLeafError(f"leaf {leaf_id} is not held")
         return rec.value
 
     def progress(self) -> tuple[int, int]:

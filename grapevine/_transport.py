@@ -6,6 +6,7 @@ something a caller asks for by naming an interface address (and a TTL above 0).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import random
@@ -13,7 +14,7 @@ import socket
 import struct
 import sys
 
-from ._errors import ConfigError
+from ._errors import ConfigError, NetworkError
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -89,9 +90,9 @@ def open_sender(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         sock.bind((interface, 0))
         sock.connect((group, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise _network_error(exc, "send to", group, port, interface) from exc
     return sock
 
 
@@ -163,7 +164,18 @@ def open_receiver(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
                 drops = True
             except OSError:
                 drops = False
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise _network_error(exc, "receive from", group, port, interface) from exc
     return ReceiveSocket(sock, granted, drops)
+
+
+def _network_error(exc: OSError, what: str, group: str, port: int,
+                   interface: str) -> NetworkError:
+    """The socket error, naming what was asked for (an interface this host lacks is the
+    common case: EADDRNOTAVAIL or ENODEV, which alone name nothing)."""
+    hint = ""
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+        hint = f": no interface on this host has the address {interface}"
+    return NetworkError(exc.errno, f"cannot {what} {group}:{port} on interface {interface}"
+                                   f"{hint} ({exc.strerror or exc})")

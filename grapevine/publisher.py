@@ -47,8 +47,14 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Generic, Literal, NoReturn
 
-from ._errors import ClosedError, ConfigError, PublisherFailedError
-from ._publisher_core import PublisherConfig, PublisherCore, QueueFullError
+from ._errors import (
+    ClosedError,
+    ConfigError,
+    PublisherFailedError,
+    QueueFullError,
+    UnknownLeafError,
+)
+from ._publisher_core import PublisherConfig, PublisherCore
 from ._stream_id import config_for_stream
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
 from .auth import KeyRing
@@ -139,7 +145,8 @@ class Publisher(Generic[LeafT, DeltaT]):
             return seq
 
     def delete(self, leaf_id: int) -> int:
-        """Remove leaf ``leaf_id`` (KeyError if absent) and queue the DELETE; returns its seq."""
+        """Remove leaf ``leaf_id`` and queue the DELETE; returns its seq.
+        :class:`UnknownLeafError` (a KeyError) if the leaf does not exist."""
         with self._lock:
             self._check_open()
             if self._core.queued_deltas >= self.config.max_queued_deltas:
@@ -172,10 +179,12 @@ class Publisher(Generic[LeafT, DeltaT]):
             return done
 
     def get(self, leaf_id: int) -> LeafT:
-        """The current value of a leaf (KeyError if absent)."""
+        """The current value of a leaf; :class:`UnknownLeafError` (a KeyError) if absent."""
         with self._lock:
-            value: LeafT = self._core.leaves[leaf_id]
-            return value
+            value: LeafT | None = self._core.leaves.get(leaf_id)
+            if value is None and leaf_id not in self._core.leaves:
+                raise UnknownLeafError(f"leaf {leaf_id} does not exist")
+            return value  # type: ignore[return-value]
 
     def values(self) -> dict[int, LeafT]:
         """A dict of every leaf (the values themselves, not copies)."""

@@ -28,7 +28,7 @@ from typing import Any, Generic
 
 from . import wire
 from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
-from ._errors import ClosedError, ConfigError
+from ._errors import ClosedError, ConfigError, LeafIdError
 from ._stream_id import config_for_stream
 from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberStats
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
@@ -154,8 +154,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
         self._check_open()
         if not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable")
-        if not 0 <= leaf_id <= wire.MAX_LEAF_ID:
-            raise ConfigError(f"leaf_id {leaf_id} is outside 0..{wire.MAX_LEAF_ID}")
+        if not isinstance(leaf_id, int) or not 0 <= leaf_id <= wire.MAX_LEAF_ID:
+            raise LeafIdError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")
         self._callbacks.by_leaf.setdefault(leaf_id, []).append(callback)
 
     def on_update(self, callback: LeafCallback) -> None:
