@@ -14,10 +14,9 @@ import sys
 import threading
 import time
 
-from grapevine import Publisher
-from grapevine._market import Market
-from grapevine._transport import DEFAULT_GROUP, DEFAULT_PORT
+from grapevine import DEFAULT_GROUP, DEFAULT_PORT, Publisher
 from grapevine.book import BookDelta, OrderBook, OrderBookModel
+from grapevine.testing import Market
 
 
 def main(argv: list[str] | None = None) -> int:

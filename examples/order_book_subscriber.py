@@ -19,8 +19,7 @@ from collections import Counter
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from grapevine import Status, StatusEvent, Subscriber
-from grapevine._transport import DEFAULT_GROUP, DEFAULT_PORT
+from grapevine import DEFAULT_GROUP, DEFAULT_PORT, Status, StatusEvent, Subscriber
 from grapevine.book import BookDelta, OrderBook, OrderBookModel
 
 _EVENTS_PER_KIND_PER_S = 3

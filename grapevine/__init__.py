@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._publisher_core import PublisherConfig
 from ._subscriber_core import SubscriberConfig
+from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT
 from .auth import Key, KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import decode, describe
 from .events import Status, StatusEvent, UpdateKind
@@ -33,6 +34,9 @@ from .subscriber import Replica, Subscriber
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_GROUP",
+    "DEFAULT_INTERFACE",
+    "DEFAULT_PORT",
     "AuthError",
     "BytesModel",
     "ClosedError",

@@ -20,8 +20,8 @@ from typing import Any
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import StatusEvent, SubscriberConfig, SubscriberCore
-from grapevine._transport import free_port
 from grapevine.codec import restamped
+from grapevine.testing import free_port
 
 _CHAIN = struct.Struct("<QQ")
 _MASK = (1 << 61) - 1

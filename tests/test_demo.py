@@ -11,8 +11,8 @@ import pytest
 from helpers import free_endpoint
 
 from grapevine import _demo
-from grapevine._market import Market
 from grapevine.book import Op
+from grapevine.testing import Market
 
 pytestmark = pytest.mark.network
 

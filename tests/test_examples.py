@@ -114,3 +114,18 @@ def test_posts_with_likes() -> None:
     assert ("replica: {1: Post(title='Hello, multicast', likes=3), "
             "2: Post(title='Snapshots are underrated', likes=5), "
             "3: Post(title='TTL 0', likes=1)}") in out
+
+
+def test_examples_use_only_public_modules() -> None:
+    """What an example needs is public API (issue 11): no ``grapevine._private`` import."""
+    import ast
+
+    for path in sorted(EXAMPLES.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                parts = name.split(".")
+                assert not (parts[0] == "grapevine" and any(p.startswith("_") for p in parts)), (
+                    f"{path.name} imports the private module {name}")

@@ -71,8 +71,6 @@ from _netns import PeerNamespace, run_in_private_namespace  # this script's fold
 
 from grapevine import Publisher, PublisherConfig, StatusEvent, Subscriber, SubscriberConfig
 from grapevine._errors import DecodeError, EncodeError
-from grapevine._market import Market
-from grapevine._transport import free_port
 from grapevine.auth import KeyRing, generate_key
 from grapevine.book import BookDelta, Op, OrderBookModel, Side
 from grapevine.codec import (
@@ -86,6 +84,7 @@ from grapevine.codec import (
     decode,
     encode,
 )
+from grapevine.testing import Market, free_port
 from grapevine.wire import DeltaFlag, HeaderFlag, SnapshotFlag
 
 _GROUP = "239.255.74.1"

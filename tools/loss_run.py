@@ -39,9 +39,8 @@ from grapevine import (
     Subscriber,
     SubscriberConfig,
 )
-from grapevine._market import Market
-from grapevine._transport import free_port
 from grapevine.book import OrderBookModel
+from grapevine.testing import Market, free_port
 
 _TABLE = "grapevine_loss"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import Publisher, PublisherConfig, Subscriber
-from grapevine._market import Market
 from grapevine.book import OrderBookModel, encode
+from grapevine.testing import Market
 
 
 def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
