@@ -23,6 +23,8 @@ def test_readme_python_example_runs() -> None:
     # Callbacks print from the dispatcher thread, so lines may interleave: check pieces.
     assert "synced" in result.stdout
     assert "[(10050, 300, 1)]" in result.stdout
+    assert "CHANGED (10050, 300)" in result.stdout  # the per-leaf callback ran, and read
+    assert "Traceback" not in result.stderr  # no callback failed (they are logged, not raised)
 
 
 def test_readme_starts_with_the_two_commands() -> None:
