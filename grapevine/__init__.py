@@ -8,6 +8,7 @@ detect loss, repair exactly the leaves that loss touched and know when they are 
 from __future__ import annotations
 
 from ._decode_cmd import PcapError
+from ._dispatch import Subscription
 from ._errors import (
     AuthError,
     ClosedError,
@@ -60,6 +61,7 @@ __all__ = [
     "StatusEvent",
     "Subscriber",
     "SubscriberConfig",
+    "Subscription",
     "UnknownLeafError",
     "UpdateKind",
     "Verdict",

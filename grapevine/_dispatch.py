@@ -19,7 +19,7 @@ from typing import Any
 
 from .events import StatusEvent, UpdateKind
 
-__all__ = ["Callbacks", "Dispatcher", "LeafCallback", "StatusCallback"]
+__all__ = ["Callbacks", "Dispatcher", "LeafCallback", "StatusCallback", "Subscription"]
 
 log = logging.getLogger("grapevine")
 
@@ -31,15 +31,89 @@ _CONFLATED_READY = object()
 _STOP = object()
 
 
+class Subscription:
+    """A registered callback; :meth:`cancel` unregisters it (idempotent). Also a context
+    manager that cancels on exit."""
+
+    __slots__ = ("_callback", "_callbacks", "_leaf_id", "_what")
+
+    def __init__(self, callbacks: Callbacks, what: str, callback: Callable[..., object],
+                 leaf_id: int | None = None) -> None:
+        self._callbacks: Callbacks | None = callbacks
+        self._what = what
+        self._callback = callback
+        self._leaf_id = leaf_id
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`cancel`."""
+        return self._callbacks is not None
+
+    def cancel(self) -> None:
+        """Stop calling the callback. An update already being delivered may still reach it."""
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None:
+            callbacks.remove(self._what, self._callback, self._leaf_id)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        where = f" leaf {self._leaf_id}" if self._leaf_id is not None else ""
+        state = "active" if self.active else "cancelled"
+        return f"Subscription({self._what}{where}, {self._callback!r}, {state})"
+
+
 class Callbacks:
-    """The registered callbacks and the code that calls them (on whichever thread)."""
+    """The registered callbacks and the code that calls them (on whichever thread).
+
+    Registration replaces whole tuples and dicts (copy on write, under a lock), so the
+    thread delivering updates reads a consistent set without taking any lock."""
 
     def __init__(self) -> None:
-        self.by_leaf: dict[int, list[LeafCallback]] = {}
-        self.every_leaf: list[LeafCallback] = []
-        self.status: list[StatusCallback] = []
+        self.by_leaf: dict[int, tuple[LeafCallback, ...]] = {}
+        self.every_leaf: tuple[LeafCallback, ...] = ()
+        self.status: tuple[StatusCallback, ...] = ()
         self.errors = 0
         self._reported: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add_leaf(self, leaf_id: int, callback: LeafCallback) -> Subscription:
+        with self._lock:
+            by_leaf = dict(self.by_leaf)
+            by_leaf[leaf_id] = (*by_leaf.get(leaf_id, ()), callback)
+            self.by_leaf = by_leaf
+        return Subscription(self, "leaf", callback, leaf_id)
+
+    def add_update(self, callback: LeafCallback) -> Subscription:
+        with self._lock:
+            self.every_leaf = (*self.every_leaf, callback)
+        return Subscription(self, "update", callback)
+
+    def add_status(self, callback: StatusCallback) -> Subscription:
+        with self._lock:
+            self.status = (*self.status, callback)
+        return Subscription(self, "status", callback)
+
+    def remove(self, what: str, callback: Callable[..., object], leaf_id: int | None) -> None:
+        """Unregister one registration of ``callback`` (the last one, if it was added twice)."""
+        with self._lock:
+            if what == "leaf":
+                assert leaf_id is not None
+                by_leaf = dict(self.by_leaf)
+                left = _without(by_leaf.get(leaf_id, ()), callback)
+                if left:
+                    by_leaf[leaf_id] = left
+                else:
+                    by_leaf.pop(leaf_id, None)
+                self.by_leaf = by_leaf
+            elif what == "update":
+                self.every_leaf = _without(self.every_leaf, callback)
+            else:
+                self.status = _without(self.status, callback)
 
     def deliver_updates(self, updates: list[Update]) -> None:
         by_leaf = self.by_leaf
@@ -70,6 +144,13 @@ class Callbacks:
         if name not in self._reported:  # log each failing callback once, with its traceback
             self._reported.add(name)
             log.error("grapevine callback %s raised", name, exc_info=exc)
+
+
+def _without(callbacks: tuple[Any, ...], callback: Callable[..., object]) -> tuple[Any, ...]:
+    for index in range(len(callbacks) - 1, -1, -1):
+        if callbacks[index] is callback:
+            return callbacks[:index] + callbacks[index + 1 :]
+    return callbacks
 
 
 class Dispatcher:

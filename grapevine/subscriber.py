@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Generic
 
 from . import wire
-from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback
+from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback, Subscription
 from ._errors import ClosedError, ConfigError, LeafIdError
 from ._stream_id import config_for_stream
 from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberStats
@@ -96,6 +96,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
             datagram; True drops it as if the network had lost it.
         on_update, on_status: callbacks registered before the receiver starts (callbacks
             registered later with :meth:`on_update` / :meth:`on_status` miss earlier events).
+        on_leaf: per-leaf callbacks registered before the receiver starts, as a mapping
+            ``{leaf_id: callback}`` (each as :meth:`on_leaf` would register it).
     """
 
     def __init__(
@@ -113,11 +115,17 @@ class Subscriber(Generic[LeafT, DeltaT]):
         drop_filter: DropFilter | None = None,
         on_update: LeafCallback | None = None,
         on_status: StatusCallback | None = None,
+        on_leaf: Mapping[int, LeafCallback] | None = None,
     ) -> None:
         if not isinstance(model, LeafModel):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
         if max_callback_backlog < 1:
             raise ConfigError("max_callback_backlog must be positive")
+        # Checked before any socket is opened, so a bad argument leaks nothing.
+        leaf_callbacks = dict(on_leaf or {})
+        for leaf_id, callback in leaf_callbacks.items():
+            _check_leaf_id(leaf_id)
+            _callable(callback)
         self.config = config_for_stream(config, stream_id, SubscriberConfig)
         stream_id = self.config.stream_id
         self.group, self.port, self.stream_id = group, port, stream_id
@@ -130,9 +138,11 @@ class Subscriber(Generic[LeafT, DeltaT]):
         # Callbacks given here are in place before the first datagram is read, so they
         # see every event (SESSION_STARTED, the first SYNCED, every initial install).
         if on_update is not None:
-            self._callbacks.every_leaf.append(_callable(on_update))
+            self._callbacks.add_update(_callable(on_update))
         if on_status is not None:
-            self._callbacks.status.append(_callable(on_status))
+            self._callbacks.add_status(_callable(on_status))
+        for leaf_id, callback in leaf_callbacks.items():
+            self._callbacks.add_leaf(leaf_id, callback)
         self._drop_filter = drop_filter
         self.injected_drops = 0
         self.internal_errors = 0
@@ -149,33 +159,35 @@ class Subscriber(Generic[LeafT, DeltaT]):
 
     # ------------------------------------------------------------------ callbacks
 
-    def on_leaf(self, leaf_id: int, callback: LeafCallback) -> None:
-        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of one leaf."""
-        self._check_open()
-        if not callable(callback):
-            raise TypeError(f"callback {callback!r} is not callable")
-        if not isinstance(leaf_id, int) or not 0 <= leaf_id <= wire.MAX_LEAF_ID:
-            raise LeafIdError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")
-        self._callbacks.by_leaf.setdefault(leaf_id, []).append(callback)
+    def on_leaf(self, leaf_id: int, callback: LeafCallback) -> Subscription:
+        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of one leaf.
 
-    def on_update(self, callback: LeafCallback) -> None:
+        Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback.
+        """
+        self._check_open()
+        _check_leaf_id(leaf_id)
+        return self._callbacks.add_leaf(leaf_id, _callable(callback))
+
+    def on_update(self, callback: LeafCallback) -> Subscription:
         """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of every leaf.
 
         ``kind`` is an :class:`UpdateKind`; ``delta`` is the decoded delta for CHANGED and
         None otherwise; ``leaf`` is None for DELETED. Mutable leaves may change again while
         the callback runs on the dispatcher thread: use :meth:`locked` to read consistently.
+        Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback.
         """
         self._check_open()
         if not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable")
-        self._callbacks.every_leaf.append(callback)
+        return self._callbacks.add_update(callback)
 
-    def on_status(self, callback: StatusCallback) -> None:
-        """Call ``callback(event)`` with every :class:`StatusEvent` (synced, gap, ...)."""
+    def on_status(self, callback: StatusCallback) -> Subscription:
+        """Call ``callback(event)`` with every :class:`StatusEvent` (synced, gap, ...).
+        Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback."""
         self._check_open()
         if not callable(callback):
             raise TypeError(f"callback {callback!r} is not callable")
-        self._callbacks.status.append(callback)
+        return self._callbacks.add_status(callback)
 
     # ------------------------------------------------------------------ reading
 
@@ -489,6 +501,11 @@ def _rejection_reason(stats: SubscriberStats, reported: _Reported) -> str:
                                                strict=True) if now > before]
     reported.auth_counts = counts
     return ", ".join(grown) or "unknown"
+
+
+def _check_leaf_id(leaf_id: Any) -> None:
+    if not isinstance(leaf_id, int) or not 0 <= leaf_id <= wire.MAX_LEAF_ID:
+        raise LeafIdError(f"leaf_id {leaf_id!r} must be an int in 0..{wire.MAX_LEAF_ID}")
 
 
 def _callable(callback: Any) -> Any:

@@ -15,6 +15,7 @@ from grapevine import (
     ClosedError,
     ConfigError,
     KeyRing,
+    LeafIdError,
     Publisher,
     Status,
     StatusEvent,
@@ -340,3 +341,38 @@ def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: dict[str, A
         assert stats["bad_tags"] == stats["unknown_keys"] == 0
         assert stats["gaps"] == 0
         assert stats["restarts"] == 0
+
+
+def test_callbacks_unsubscribe_and_per_leaf_callbacks_at_construction(
+        endpoint: dict[str, Any]) -> None:
+    """on_leaf/on_update/on_status return a Subscription whose cancel() stops the calls
+    (idempotent); per-leaf callbacks can be given at construction and see the first
+    updates."""
+    model = BytesModel()
+    early: list[bytes] = []
+    late: list[bytes] = []
+    every: list[int] = []
+    with Subscriber(model, on_leaf={1: lambda _id, _k, leaf, _d: early.append(leaf)},
+                    **endpoint) as sub, Publisher(model, config=fast_publisher(),
+                                                  **endpoint) as pub:
+        leaf_2 = sub.on_leaf(2, lambda _id, _k, leaf, _d: late.append(leaf))
+        updates = sub.on_update(lambda leaf_id, *_: every.append(leaf_id))
+        assert leaf_2.active
+        pub.publish(1, b"a")
+        seq = pub.publish(2, b"b")
+        assert sub.wait_until_applied(seq, timeout=10)
+        assert wait_until(lambda: late == [b"b"] and early == [b"a"])
+        leaf_2.cancel()
+        leaf_2.cancel()  # idempotent
+        assert not leaf_2.active
+        with updates:  # a Subscription is also a context manager that cancels on exit
+            pass
+        pub.publish(2, b"c")
+        seq = pub.publish(1, b"d")
+        assert sub.wait_until_applied(seq, timeout=10)
+        assert wait_until(lambda: early == [b"a", b"d"])
+        assert late == [b"b"]  # cancelled: no more calls
+        assert 1 in every
+        assert every.count(1) == 1  # the update callback was cancelled before b"d"
+    with pytest.raises(LeafIdError):
+        Subscriber(model, on_leaf={-1: print}, **endpoint)
