@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,19 +49,25 @@ def assert_crossed_veth(report: dict) -> None:
     assert veth["rx_packets"] >= report["attacker"]["sent"], veth
 
 
-@pytest.mark.timeout(120)
-def test_subscribers_survive_attacks_and_converge() -> None:
+def run_attack(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], str]:
+    """Run tools/attack_run.py (attacker in its own namespace over a veth pair): the
+    process, its JSON report, and the tail of its per-step digest (stderr, or the
+    traceback if the run crashed)."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--veth",
+        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--veth", *extra,
          "--subscribers", str(SUBSCRIBERS), "--leaves", "300", "--rate", "3000"],
         capture_output=True, text=True, timeout=110, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     lines = result.stdout.strip().splitlines()
-    # stderr carries the run's per-step digest (or the traceback if the run crashed).
     digest = result.stderr[-30_000:]
     assert lines, f"no report (exit {result.returncode}):\n{digest}"
-    report = json.loads(lines[-1])
+    return result, json.loads(lines[-1]), digest
+
+
+@pytest.mark.timeout(120)
+def test_subscribers_survive_attacks_and_converge() -> None:
+    result, report, digest = run_attack()
     assert all(report["initial_sync"]), f"the subscribers never synced before the attacks\n{digest}"
     assert_crossed_veth(report)
     assert len(report["steps"]) == 10, digest
@@ -96,16 +103,7 @@ def test_with_keys_every_attack_is_dropped_and_replicas_stay_synced_throughout()
     forged, mutated and replayed datagram is dropped and counted before the core sees it,
     and every subscriber is synced, on the live session and (in quiet steps) equal at every
     observation, with no divergence, resync, restart or stale leaf anywhere."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "attack_run.py"), "--keys", "--veth",
-         "--subscribers", str(SUBSCRIBERS), "--leaves", "300", "--rate", "3000"],
-        capture_output=True, text=True, timeout=110, check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    lines = result.stdout.strip().splitlines()
-    digest = result.stderr[-30_000:]
-    assert lines, f"no report (exit {result.returncode}):\n{digest}"
-    report = json.loads(lines[-1])
+    result, report, digest = run_attack("--keys")
     assert report["keys"] is True
     assert_crossed_veth(report)
     assert len(report["steps"]) == 10, digest

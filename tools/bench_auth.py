@@ -26,39 +26,18 @@ import hashlib
 import hmac
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import best_ns  # this script's own folder, tools/
 
 from grapevine import auth, wire
 
 KEY = bytes(range(32))
 SIZES = (1400, 200)
 TAG_SIZE = 16
-
-
-def best_ns(fn: Callable[[], object], repeat: int, budget_s: float) -> float:
-    """Best per-call time in ns over ``repeat`` timed batches."""
-    fn()
-    calls = 1
-    while True:  # size a batch to ~budget/repeat seconds
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed > budget_s / repeat / 4 or calls > 1 << 22:
-            break
-        calls *= 2
-    per_batch = max(1, int(calls * (budget_s / repeat) / max(elapsed, 1e-9)))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(per_batch):
-            fn()
-        best = min(best, (time.perf_counter() - start) / per_batch)
-    return best * 1e9
 
 
 def candidates(data: bytes) -> dict[str, Callable[[], object]]:

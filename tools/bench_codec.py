@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import best_ns  # this script's own folder, tools/
 
 from grapevine import codec, wire
 
@@ -37,24 +38,7 @@ DELTAS = per_datagram(len(PAYLOAD))
 
 def best_ns_per_delta(fn: Callable[[], object], repeat: int, budget_s: float) -> float:
     """Best per-call time over ``repeat`` timed batches, divided by deltas per call."""
-    fn()
-    calls = 1
-    while True:  # size a batch to ~budget/repeat seconds
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        elapsed = time.perf_counter() - start
-        if elapsed > budget_s / repeat / 4 or calls > 1 << 20:
-            break
-        calls *= 2
-    per_batch = max(1, int(calls * (budget_s / repeat) / max(elapsed, 1e-9)))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        for _ in range(per_batch):
-            fn()
-        best = min(best, (time.perf_counter_ns() - start) / per_batch)
-    return best / DELTAS
+    return best_ns(fn, repeat, budget_s) / DELTAS
 
 
 def main(argv: list[str] | None = None) -> int:
