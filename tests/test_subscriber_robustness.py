@@ -449,3 +449,53 @@ def test_a_late_delta_with_a_reserved_flag_bit_is_still_applied() -> None:
     feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
     assert feed.sub.stats.late_deltas == 1
     assert feed.sub.leaves[2].leaf_seq == leaf_seq + 1
+
+
+def test_a_refused_install_counts_no_divergence() -> None:
+    """A snapshot of a deleted leaf that contradicts the deletion counts a divergence only
+    if it is installed: one the model rejects is a bad payload, nothing more."""
+    feed = Feed()
+    feed.run(0.3)
+    feed.pub.delete(4)
+    feed.deliver(feed.sent())
+    assert 4 not in feed.sub.values()
+    expected = feed.sub.expected
+    assert expected is not None
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(expected)
+    builder.add_snapshot(Snapshot(4, 4, 99, 4, 5, feed.pub.leaf_seq(4) - 1, expected, 3, 0, 0,
+                                  b"bad"))
+    bad = feed.sub.stats.bad_payloads
+    feed.sub.events.clear()
+    feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
+    assert feed.sub.stats.bad_payloads == bad + 1
+    # (Its leaf count may still refute the leaf set: that is the census, a separate check.)
+    assert not [event for event in feed.sub.events if event.kind is Status.LEAF_DIVERGED
+                and "deletion" in (event.reason or "")]
+
+
+def test_a_verified_leaf_is_seen_as_of_its_snapshot() -> None:
+    """Verification raises seen_seq: a claim as of before the verifying snapshot (but after
+    the leaf's last change) cannot make the leaf stale."""
+    feed = Feed()
+    feed.run(0.3)
+    feed.pub.publish(2, 77)
+    feed.deliver(feed.sent())
+    changed_at = feed.sub.leaves[2].seen_seq
+    for value in range(5):  # other leaves move the stream on
+        feed.pub.publish(0, 1000 + value)
+        feed.deliver(feed.sent())
+    verified = feed.sub.stats.snapshots_verified
+    feed.run(0.2)  # a cycle verifies leaf 2 as of now
+    assert feed.sub.stats.snapshots_verified > verified
+    assert feed.sub.leaves[2].seen_seq > changed_at + 1
+    three = feed.sub.leaves[3]
+    payload = ChainModel().encode_leaf(three.value)
+    builder = DatagramBuilder(0, feed.pub.session_id)
+    builder.start(changed_at + 1)  # an old position: claims [2, 3) empty as of then
+    builder.add_snapshot(Snapshot(3, 2, 99, 2, 5, three.leaf_seq, changed_at + 1,
+                                  len(payload), 0, 0, payload))
+    divergences = feed.sub.stats.divergences
+    feed.deliver([bytes(builder.finish(round(feed.now * 1e9)))])
+    assert feed.sub.stats.divergences == divergences
+    assert feed.sub.is_fresh(2)
