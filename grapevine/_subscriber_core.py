@@ -327,8 +327,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """Distrust the whole replica and rebuild it from the stream (the session stays).
 
         Every held leaf is reported DELETED and comes back from the snapshot cycle; the
-        replica is SYNCED again after one complete cycle (two where a quiet stream's cycle
-        fits in one datagram: SPEC §12(g)).
+        replica is SYNCED again after one complete cycle (two for a stream of one leaf with
+        no DELTA between its snapshots: SPEC §12(g)).
         """
         self._resync(now, reason)
         self._update_synced(now)
@@ -557,7 +557,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         gaps = self._gaps.count
         duplicates = applied = 0
         consistent = False  # some new DELTA agreed with the leaves
-        prechecked = False  # the datagram was judged consistent (_contradicts_the_replica)
+        prechecked = False  # the whole datagram was judged (_contradicts_the_replica)
         if self.ended and datagram.sequence >= self._ended_at and not any(
                 type(message) is EndOfSession for message in datagram.messages):
             # More data of a session that said it ended: the END_OF_SESSION was not final.
