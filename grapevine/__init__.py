@@ -26,7 +26,7 @@ from ._publisher_core import PublisherConfig
 from ._subscriber_core import SubscriberConfig
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT
 from .auth import Key, KeyRing, ReplayGuard, Verdict, Verifier
-from .codec import decode, describe
+from .codec import decode_datagram, describe_datagram
 from .events import Status, StatusEvent, UpdateKind
 from .model import BytesModel, LeafModel
 from .publisher import Publisher
@@ -67,6 +67,6 @@ __all__ = [
     "Verdict",
     "Verifier",
     "__version__",
-    "decode",
-    "describe",
+    "decode_datagram",
+    "describe_datagram",
 ]

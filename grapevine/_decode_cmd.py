@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ._errors import DecodeError, GrapevineError
-from .codec import decode, describe
+from .codec import decode_datagram, describe_datagram
 
 __all__ = ["PcapError", "add_arguments", "iter_pcap", "main", "run"]
 
@@ -117,7 +117,7 @@ def _print_one(number: int, datagram: Datagram, args: argparse.Namespace, summar
                out: TextIO) -> None:
     label = f"#{number} {datagram.source} ({len(datagram.data)} bytes)"
     try:
-        decoded = decode(datagram.data)
+        decoded = decode_datagram(datagram.data)
     except DecodeError as exc:
         summary.malformed += 1
         print(f"{label}: MALFORMED field={exc.field} offset={exc.offset}: {exc.reason}",
@@ -126,7 +126,7 @@ def _print_one(number: int, datagram: Datagram, args: argparse.Namespace, summar
     summary.decoded += 1
     if not args.quiet:
         print(f"{label}:", file=out)
-        print(describe(decoded, payload_bytes=args.payload_bytes), file=out)
+        print(describe_datagram(decoded, payload_bytes=args.payload_bytes), file=out)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -71,7 +71,7 @@ class UnknownLeafError(GrapevineError, KeyError):
 class QueueFullError(GrapevineError, RuntimeError):
     """Back-pressure: the send queue is full and the change was *not* applied.
 
-    Raised by ``publish``/``delete`` with ``on_full="error"``, or after ``block_timeout_s``
+    Raised by ``publish``/``delete`` with ``on_full="error"``, or after ``publish_timeout``
     with ``on_full="block"``. Not an :class:`EncodeError`: nothing was wrong with the value;
     publish it again once the queue drains.
     """

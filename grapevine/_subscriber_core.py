@@ -46,7 +46,7 @@ from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
 from ._stream_id import check_stream_id
 from .auth import KeyRing, ReplayGuard, Verdict, Verifier
-from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode
+from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode_datagram
 from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 from .wire import DeltaFlag, SnapshotFlag
@@ -224,7 +224,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.poll(now)
             return
         try:
-            datagram = decode(data)
+            datagram = decode_datagram(data)
         except DecodeError as exc:
             self.stats.malformed += 1
             self.last_error = exc
@@ -262,7 +262,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             raw = bytes(data)
             reorder = self._reorder
             evicted = reorder.evicted
-            kept = reorder.hold(raw, decode(raw), now)
+            kept = reorder.hold(raw, decode_datagram(raw), now)
             if kept is True:
                 self.stats.reordered_datagrams += 1
                 # A held datagram farther ahead may have made room: dropped unconfirmed.

@@ -68,8 +68,8 @@ __all__ = [
     "OrderBook",
     "OrderBookModel",
     "Side",
-    "decode",
-    "encode",
+    "decode_book",
+    "encode_book",
 ]
 
 _I64_MIN = -(1 << 63)
@@ -157,7 +157,7 @@ class OrderBook:
     """A price-level order book with last-trade state.
 
     ``allow_crossed=False`` (the default) makes :meth:`apply` reject any delta that would
-    leave best bid >= best ask. Equality, :meth:`checksum` and :func:`encode` cover content
+    leave best bid >= best ask. Equality, :meth:`checksum` and :func:`encode_book` cover content
     only (levels and trade state), not the ``allow_crossed`` setting.
     """
 
@@ -391,8 +391,9 @@ class OrderBook:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def checksum(self) -> int:
-        """A 64-bit content checksum (blake2b of :func:`encode`), stable across processes. O(n)."""
-        return int.from_bytes(blake2b(encode(self), digest_size=8).digest(), "little")
+        """A 64-bit content checksum (blake2b of :func:`encode_book`), stable across processes.
+        O(n)."""
+        return int.from_bytes(blake2b(encode_book(self), digest_size=8).digest(), "little")
 
     def __repr__(self) -> str:
         return (
@@ -439,7 +440,7 @@ class OrderBook:
 # --------------------------------------------------------------------------- snapshots
 
 
-def encode(book: OrderBook) -> bytes:
+def encode_book(book: OrderBook) -> bytes:
     """The snapshot bytes of ``book`` (layout in the module docstring). O(n)."""
     bids, asks = book._bids, book._asks
     trade = book._last_trade
@@ -463,7 +464,7 @@ def encode(book: OrderBook) -> bytes:
     return b"".join(parts)
 
 
-def decode(payload: memoryview | bytes, *, allow_crossed: bool = False) -> OrderBook:
+def decode_book(payload: memoryview | bytes, *, allow_crossed: bool = False) -> OrderBook:
     """The book encoded in ``payload``; raises only :class:`~grapevine.DecodeError`. O(n).
 
     A crossed book is rejected unless ``allow_crossed``.
@@ -597,8 +598,8 @@ class OrderBookModel:
 
     def encode_leaf(self, leaf: OrderBook) -> bytes:
         """Snapshot bytes of ``leaf``."""
-        return encode(leaf)
+        return encode_book(leaf)
 
     def decode_leaf(self, payload: memoryview) -> OrderBook:
         """A book from its snapshot bytes; raises only DecodeError."""
-        return decode(payload, allow_crossed=self.allow_crossed)
+        return decode_book(payload, allow_crossed=self.allow_crossed)

@@ -2,7 +2,7 @@
 
 Two paths, one format:
 
-* the **fast path** (:class:`DatagramBuilder`, :func:`decode`) packs into a preallocated
+* the **fast path** (:class:`DatagramBuilder`, :func:`decode_datagram`) packs into a preallocated
   buffer and reads a ``memoryview`` in place with ``struct`` formats that are *derived* from
   the construct definitions in :mod:`grapevine.wire` (never written by hand);
 * the **construct path** (:func:`decode_with_construct`, :func:`encode_with_construct`)
@@ -42,10 +42,10 @@ __all__ = [
     "Touched",
     "UnknownMessage",
     "comparable",
-    "decode",
+    "decode_datagram",
     "decode_with_construct",
-    "describe",
-    "encode",
+    "describe_datagram",
+    "encode_datagram",
     "encode_with_construct",
     "restamped",
 ]
@@ -163,7 +163,7 @@ class Decoded(NamedTuple):
 # --------------------------------------------------------------------------- decoding
 
 
-def decode(data: bytes | bytearray | memoryview) -> Decoded:
+def decode_datagram(data: bytes | bytearray | memoryview) -> Decoded:
     """Decode one datagram (fast path). Raises :class:`DecodeError` and nothing else.
 
     ``data`` is any bytes-like object; the datagram is its bytes in logical order, exactly
@@ -638,8 +638,8 @@ def restamped(datagram: bytes | bytearray | memoryview, send_time_ns: int) -> by
     return bytes(copy)
 
 
-def encode(datagram: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes:
-    """Encode decoded values again with the fast path (the inverse of :func:`decode`).
+def encode_datagram(datagram: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes:
+    """Encode decoded values again with the fast path (the inverse of :func:`decode_datagram`).
 
     Deltas' ``seq`` fields are implicit on the wire and ignored. Raises
     :class:`EncodeError` for what :class:`DatagramBuilder` does not write: header flags,
@@ -751,7 +751,7 @@ def comparable(value: Any) -> Any:
 
 
 
-def describe(datagram: Decoded, *, payload_bytes: int = 16) -> str:
+def describe_datagram(datagram: Decoded, *, payload_bytes: int = 16) -> str:
     """A readable multi-line description of a decoded datagram."""
     flags = _flag_names(HeaderFlag, datagram.flags)
     lines = [

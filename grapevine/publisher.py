@@ -12,7 +12,7 @@ that long after the first delta of a burst, so deltas published one at a time sh
 datagrams. ``flush()`` and ``close()`` cut a linger short.
 
 Queue policy: at most ``max_queued_deltas`` deltas wait for the sender. When the queue is
-full, ``publish`` waits up to ``block_timeout_s`` for room (``on_full="block"``, default)
+full, ``publish`` waits up to ``publish_timeout`` for room (``on_full="block"``, default)
 or fails at once (``on_full="error"``); either way a change that cannot be queued raises
 :class:`QueueFullError` and is *not* applied, so the state never runs ahead of the stream.
 
@@ -81,7 +81,7 @@ class Publisher(Generic[LeafT, DeltaT]):
         initial: leaves the state starts with (sent by the snapshot cycle). The publisher
             takes ownership: mutable leaves passed here are changed by later deltas.
         config: pacing and limits (:class:`PublisherConfig`).
-        on_full: "block" (wait up to ``block_timeout_s``) or "error" when the queue is full.
+        on_full: "block" (wait up to ``publish_timeout``) or "error" when the queue is full.
     """
 
     def __init__(
@@ -96,7 +96,7 @@ class Publisher(Generic[LeafT, DeltaT]):
         initial: Mapping[int, LeafT] | None = None,
         config: PublisherConfig | None = None,
         on_full: Literal["block", "error"] = "block",
-        block_timeout_s: float = 5.0,
+        publish_timeout: float = 5.0,
     ) -> None:
         if on_full not in ("block", "error"):
             raise ConfigError(f"on_full must be 'block' or 'error', not {on_full!r}")
@@ -108,7 +108,7 @@ class Publisher(Generic[LeafT, DeltaT]):
         self._socket = open_sender(group, port, interface=interface, ttl=ttl)
         self.group, self.port, self.stream_id = group, port, stream_id
         self._on_full = on_full
-        self._block_timeout_s = block_timeout_s
+        self._publish_timeout = publish_timeout
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # publish -> sender
         self._room = threading.Condition(self._lock)  # sender -> blocked publish / flush
@@ -315,7 +315,7 @@ class Publisher(Generic[LeafT, DeltaT]):
             self._wake.notify()
             if self._room.wait_for(lambda: (self._core.queued_deltas < limit or self._stopping
                                             or self._failure is not None),
-                                   self._block_timeout_s):
+                                   self._publish_timeout):
                 self._check_open()
                 return
         raise QueueFullError(f"{self._core.queued_deltas} deltas are queued for sending "

@@ -226,7 +226,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
             return self._synced.wait_for(caught_up, timeout) and not self._closed
 
     @property
-    def applied_sequence(self) -> int:
+    def stream_position(self) -> int:
         """The stream sequence of the last delta applied in the current session (0: none)."""
         expected = self._core.expected
         return expected - 1 if expected is not None else 0

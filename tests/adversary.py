@@ -49,7 +49,7 @@ from grapevine import wire
 from grapevine._errors import DecodeError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
-from grapevine.codec import HEADER_SIZE, DatagramBuilder, Delta, Snapshot, Touched, decode
+from grapevine.codec import HEADER_SIZE, DatagramBuilder, Delta, Snapshot, Touched, decode_datagram
 from grapevine.wire import MessageKind, SnapshotFlag
 
 Move = tuple[Any, ...]
@@ -253,7 +253,7 @@ def stamped(data: bytes, send_time_ns: int) -> bytes:
 def classes_of(data: bytes) -> frozenset[str]:
     """What a datagram carries, for selectors such as ("drop", sub, "touched", -1)."""
     try:
-        messages = decode(data).messages
+        messages = decode_datagram(data).messages
     except DecodeError:
         return frozenset({"any", "malformed"})
     kinds = {type(m).__name__ for m in messages}
@@ -269,7 +269,7 @@ def classes_of(data: bytes) -> frozenset[str]:
 def leaf_ids_in(data: bytes) -> set[int]:
     """Every leaf id a datagram names (deltas, snapshots, summary entries)."""
     try:
-        messages = decode(data).messages
+        messages = decode_datagram(data).messages
     except DecodeError:
         return set()
     ids: set[int] = set()
@@ -644,7 +644,7 @@ class World:
         """
         if what == "last":
             for sent in reversed(self.archive):
-                snaps = [m for m in decode(sent.data).messages if isinstance(m, Snapshot)
+                snaps = [m for m in decode_datagram(sent.data).messages if isinstance(m, Snapshot)
                          and not m.flags & SnapshotFlag.DELETED]
                 if snaps and sent.session_id == self.pub.session_id:
                     snap = snaps[arg % len(snaps)]
@@ -829,7 +829,7 @@ class World:
 
     def _collect_snapshots(self, data: bytes) -> None:
         """Keep complete honest snapshots (reassembled here) for re-fragmenting moves."""
-        for m in decode(data).messages:
+        for m in decode_datagram(data).messages:
             if not isinstance(m, Snapshot):
                 continue
             if len(m.payload) == m.total_length:

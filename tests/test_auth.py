@@ -33,7 +33,7 @@ from grapevine.codec import (  # noqa: E402
     DatagramBuilder,
     Snapshot,
     comparable,
-    decode,
+    decode_datagram,
 )
 from grapevine.wire import DeltaFlag, SnapshotFlag  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_sign_verify_round_trip_and_decode_frames_the_messages(make) -> None:  #
     # The tag is keyed BLAKE2b-16 over every byte before it.
     expected = hashlib.blake2b(signed[:-TAG_SIZE], key=SECRET_1, digest_size=16).digest()
     assert signed[-TAG_SIZE:] == expected
-    decoded, original = decode(signed), decode(plain)
+    decoded, original = decode_datagram(signed), decode_datagram(plain)
     assert decoded.flags == wire.HeaderFlag.AUTH
     assert decoded.auth == AuthTag(1, expected)
     assert comparable(decoded.messages) == comparable(original.messages)
@@ -585,7 +585,7 @@ def test_end_to_end_sign_verify_guard() -> None:
     for datagram in [*captured, *captured[::3]]:
         verdict = verifier.check(datagram)
         assert verdict is Verdict.ACCEPTED
-        decoded = decode(datagram)
+        decoded = decode_datagram(datagram)
         assert decoded.auth is not None
         guard.accept(decoded.session_id, decoded.send_time_ns, decoded.auth.tag)
         guard._check()

@@ -14,7 +14,7 @@ from grapevine import ConfigError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
 from grapevine.auth import Key, KeyRing, sign
-from grapevine.codec import DatagramBuilder, Snapshot, SnapshotFlag, decode
+from grapevine.codec import DatagramBuilder, Snapshot, SnapshotFlag, decode_datagram
 
 KEY_1 = Key(1, bytes(range(32)))
 KEY_2 = Key(2, bytes(range(32, 64)))
@@ -174,7 +174,7 @@ def test_a_subscriber_without_keys_reads_a_signed_stream() -> None:
     for _ in range(20):
         now += 0.01
         while (datagram := pub.next_datagram(now)) is not None:
-            assert decode(datagram).auth is not None
+            assert decode_datagram(datagram).auth is not None
             sub.receive(datagram, now)
     assert sub.synced
     assert sub.values() == dict(pub.leaves.items())

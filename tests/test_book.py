@@ -23,8 +23,8 @@ from grapevine.book import (  # noqa: E402
     OrderBook,
     OrderBookModel,
     Side,
-    decode,
-    encode,
+    decode_book,
+    encode_book,
 )
 
 BID, ASK = Side.BID, Side.ASK
@@ -205,7 +205,7 @@ def test_extreme_values_round_trip() -> None:
         d(Op.TRADE, ASK, I64_MIN, I64_MAX, U64_MAX),
     )
     assert book.spread() == I64_MAX - I64_MIN
-    assert decode(encode(book)) == book
+    assert decode_book(encode_book(book)) == book
 
 
 def test_crossed_allowed() -> None:
@@ -365,12 +365,12 @@ def test_check_detects_corruption() -> None:
 
 
 def test_snapshot_layout() -> None:
-    data = encode(sample_book())
+    data = encode_book(sample_book())
     assert len(data) == 42 + 4 * 28
     assert HEADER.unpack_from(data) == (1, 1, 2, 2, 101, 3, 8, 3)
     levels = list(LEVEL.iter_unpack(data[42:]))
     assert levels == [(100, 30, 2, 2), (99, 5, 1, 3), (102, 7, 1, 4), (105, 9, 3, 7)]
-    assert encode(OrderBook()) == HEADER.pack(1, 0, 0, 0, 0, 0, 0, 0)
+    assert encode_book(OrderBook()) == HEADER.pack(1, 0, 0, 0, 0, 0, 0, 0)
 
 
 @pytest.mark.parametrize(
@@ -383,21 +383,21 @@ def test_snapshot_layout() -> None:
     ],
 )
 def test_snapshot_round_trip(book: OrderBook) -> None:
-    data = encode(book)
+    data = encode_book(book)
     for payload in (data, memoryview(data), memoryview(bytearray(data))):
-        back = decode(payload)
+        back = decode_book(payload)
         back._check()
         assert back == book
         assert back.checksum() == book.checksum()
-        assert encode(back) == data
+        assert encode_book(back) == data
 
 
 def test_crossed_snapshot_needs_allow_crossed() -> None:
     book = apply(OrderBook(allow_crossed=True), d(Op.ADD, BID, 10, 1), d(Op.ADD, ASK, 9, 1))
-    data = encode(book)
+    data = encode_book(book)
     with pytest.raises(DecodeError, match="crossed"):
-        decode(data)
-    back = decode(data, allow_crossed=True)
+        decode_book(data)
+    back = decode_book(data, allow_crossed=True)
     back._check()
     assert back == book
     assert back.allow_crossed
@@ -438,7 +438,7 @@ def _snapshot(*levels: tuple[int, int, int, int], n_bids: int, flags: int = 0) -
 )
 def test_malformed_snapshot(payload: bytes, field: str, offset: int) -> None:
     with pytest.raises(DecodeError) as info:
-        decode(memoryview(payload))
+        decode_book(memoryview(payload))
     assert info.value.field == field
     assert info.value.offset == offset
 
@@ -453,7 +453,7 @@ def test_random_bytes_only_raise_decode_error(data: bytes) -> None:
         pass
     else:
         book._check()
-        assert encode(book) == data  # the encoding is canonical
+        assert encode_book(book) == data  # the encoding is canonical
     try:
         delta = model.decode_delta(memoryview(data))
     except DecodeError:
@@ -471,17 +471,17 @@ def test_mutated_snapshots_only_raise_decode_error(
     book = OrderBook(allow_crossed=True)
     for price, qty in adds:
         apply(book, d(Op.ADD, BID if price < 0 else ASK, price, qty))
-    data = bytearray(encode(book))
+    data = bytearray(encode_book(book))
     for i, byte in enumerate(noise[:8]):
         data[(i * 37 + byte) % len(data)] ^= byte
     cut = noise[8] if len(noise) > 8 else len(data)
     for payload in (data, data[:cut], data + noise):
         try:
-            back = decode(memoryview(payload), allow_crossed=True)
+            back = decode_book(memoryview(payload), allow_crossed=True)
         except DecodeError:
             continue
         back._check()
-        assert encode(back) == payload
+        assert encode_book(back) == payload
 
 
 # ------------------------------------------------------------------------------ model

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
     sys.path.insert(0, str(ROOT))
 
-from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, decode, encode  # noqa: E402
+from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, decode_book, encode_book  # noqa: E402
 
 SEEDS = [0, 1, 2, 3, 17, 2024]
 STEPS = 2500
@@ -156,7 +156,7 @@ def run(seed: int, allow_crossed: bool) -> tuple[int, int]:
             assert book.checksum() == before
         compare(book, model, rng)
         if step % 50 == 0:
-            back = decode(encode(book), allow_crossed=allow_crossed)
+            back = decode_book(encode_book(book), allow_crossed=allow_crossed)
             back._check()
             assert back == book
             assert back.checksum() == book.checksum()
@@ -224,12 +224,12 @@ def test_random_snapshot_round_trips(seed: int) -> None:
         if rng.random() < 0.5:
             book.apply(BookDelta(Op.TRADE, Side.ASK, rng.randrange(-5, 5), rng.randrange(1, 9), 1))
         book._check()
-        data = encode(book)
+        data = encode_book(book)
         assert len(data) == 42 + 28 * len(book)
-        back = decode(memoryview(data), allow_crossed=True)
+        back = decode_book(memoryview(data), allow_crossed=True)
         back._check()
         assert back == book
-        assert encode(back) == data
+        assert encode_book(back) == data
         assert back.checksum() == book.checksum()
         copy = book.copy()
         copy._check()

@@ -41,7 +41,7 @@ normalise = codec.comparable
 def builder_bytes(value: Decoded, max_size: int = wire.MAX_DATAGRAM_SIZE) -> bytes | None:
     """The fast path's encoding of ``value`` (None where DatagramBuilder cannot express it)."""
     try:
-        return codec.encode(value, max_size)
+        return codec.encode_datagram(value, max_size)
     except EncodeError:
         return None
 
@@ -143,7 +143,7 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 @given(datagrams())
 def test_construct_encoding_decodes_identically_on_both_paths(value: Decoded) -> None:
     raw = codec.encode_with_construct(value)
-    fast = codec.decode(raw)
+    fast = codec.decode_datagram(raw)
     slow = codec.decode_with_construct(raw)
     assert normalise(fast) == normalise(slow) == normalise(value)
     assert codec.encode_with_construct(fast) == raw
@@ -161,10 +161,10 @@ def test_builder_and_construct_produce_identical_bytes(value: Decoded) -> None:
 @given(datagrams())
 def test_decode_accepts_bytes_bytearray_and_memoryview(value: Decoded) -> None:
     raw = codec.encode_with_construct(value)
-    expected = normalise(codec.decode(raw))
-    assert normalise(codec.decode(bytearray(raw))) == expected
-    assert normalise(codec.decode(memoryview(raw))) == expected
-    assert normalise(codec.decode(memoryview(b"xx" + raw)[2:])) == expected
+    expected = normalise(codec.decode_datagram(raw))
+    assert normalise(codec.decode_datagram(bytearray(raw))) == expected
+    assert normalise(codec.decode_datagram(memoryview(raw))) == expected
+    assert normalise(codec.decode_datagram(memoryview(b"xx" + raw)[2:])) == expected
     assert normalise(codec.decode_with_construct(memoryview(raw))) == expected
 
 
@@ -186,8 +186,8 @@ def test_decode_accepts_a_non_contiguous_memoryview_by_copying(value: Decoded) -
     # layout; a strided view (which struct cannot read in place) is copied first.
     raw = codec.encode_with_construct(value)
     view = _strided(raw)
-    expected = normalise(codec.decode(raw))
-    assert normalise(codec.decode(view)) == expected
+    expected = normalise(codec.decode_datagram(raw))
+    assert normalise(codec.decode_datagram(view)) == expected
     assert normalise(codec.decode_with_construct(view)) == expected
 
 
@@ -195,13 +195,13 @@ def test_non_contiguous_memoryview_payloads_view_a_private_copy() -> None:
     raw = codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 5, 0,
                                               [Delta(5, 1, 1, 0, b"abc")]))
     buffer = bytearray(2 * len(raw))
-    delta = codec.decode(_strided(raw, buffer)).messages[0]
+    delta = codec.decode_datagram(_strided(raw, buffer)).messages[0]
     assert isinstance(delta, Delta)
     buffer[:] = bytes(len(buffer))  # the caller reuses its buffer: the payload is unaffected
     assert bytes(delta.payload) == b"abc"
 
 
-@pytest.mark.parametrize("decoder", [codec.decode, codec.decode_with_construct])
+@pytest.mark.parametrize("decoder", [codec.decode_datagram, codec.decode_with_construct])
 def test_non_contiguous_invalid_bytes_raise_decode_error(decoder: Any) -> None:
     raw = codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 5, 0, [Heartbeat(9)]))
     with pytest.raises(DecodeError) as info:
@@ -209,7 +209,7 @@ def test_non_contiguous_invalid_bytes_raise_decode_error(decoder: Any) -> None:
     assert info.value.field == "magic"
     with pytest.raises(DecodeError) as info:
         decoder(_strided(raw)[: codec.HEADER_SIZE - 1])
-    if decoder is codec.decode:  # (the construct path names its parse failure its own way)
+    if decoder is codec.decode_datagram:  # (the construct path names its parse failure its own way)
         assert (info.value.field, info.value.offset) == ("header", codec.HEADER_SIZE - 1)
 
 
@@ -228,7 +228,7 @@ def test_builder_round_trip_every_kind() -> None:
     assert builder.add_end_of_session()
     assert (builder.count, builder.delta_count) == (6, 3)
     raw = bytes(builder.finish(123456789))
-    decoded = codec.decode(raw)
+    decoded = codec.decode_datagram(raw)
     assert (decoded.stream_id, decoded.session_id, decoded.sequence, decoded.send_time_ns) == (
         3, SESSION, 100, 123456789)
     assert [type(m).__name__ for m in decoded.messages] == [
@@ -249,7 +249,7 @@ def test_builder_fills_to_max_size_and_reports_full() -> None:
     assert builder.room < codec.DELTA_OVERHEAD + 18
     raw = builder.finish(0)
     assert len(raw) == codec.HEADER_SIZE + added * (codec.DELTA_OVERHEAD + 18) <= 1400
-    assert len(codec.decode(raw).messages) == added
+    assert len(codec.decode_datagram(raw).messages) == added
     # A refused message leaves the datagram untouched.
     before = bytes(raw)
     assert not builder.add_delta(999, 1, 0, bytes(18))
@@ -272,7 +272,7 @@ def test_builder_start_resets() -> None:
     builder.add_delta(1, 1, 0, b"abc")
     builder.start(50)
     assert (builder.count, builder.delta_count) == (0, 0)
-    decoded = codec.decode(builder.finish(7))
+    decoded = codec.decode_datagram(builder.finish(7))
     assert decoded.messages == []
     assert decoded.sequence == 50
 
@@ -280,7 +280,7 @@ def test_builder_start_resets() -> None:
 def test_payloads_are_views_into_the_buffer() -> None:
     raw = bytearray(codec.encode_with_construct(
         Decoded(1, 0, 1, SESSION, 5, 0, [Delta(5, 1, 1, 0, b"abcd")])))
-    decoded = codec.decode(raw)
+    decoded = codec.decode_datagram(raw)
     payload = decoded.messages[0].payload  # type: ignore[union-attr]
     assert isinstance(payload, memoryview)
     raw[-1] = ord("z")
@@ -301,7 +301,7 @@ def test_sequence_numbers_of_deltas_skip_other_kinds() -> None:
         Delta(0, 1, 1, 0, b""), Heartbeat(5), UnknownMessage(9, 0, b"zz"),
         Snapshot(1, 0, 0, 0, 1, 1, 11, 0, 0, 0, b""), Delta(0, 1, 2, 0, b""), EndOfSession(),
     ])
-    decoded = codec.decode(codec.encode_with_construct(value))
+    decoded = codec.decode_datagram(codec.encode_with_construct(value))
     assert [m.seq for m in decoded.messages if isinstance(m, Delta)] == [10, 11]
 
 
@@ -385,7 +385,7 @@ def test_builder_refuses_stream_sequences_past_2_64() -> None:
     builder.start(U64)
     assert builder.add_delta(1, 1, 0, b"a")  # stream sequence 2^64 - 1: the last one
     good = bytes(builder.finish(0))
-    assert codec.decode(good).messages[0].seq == U64  # type: ignore[union-attr]
+    assert codec.decode_datagram(good).messages[0].seq == U64  # type: ignore[union-attr]
     with pytest.raises(EncodeError, match="beyond 2"):
         builder.add_snapshot(Snapshot(3, 0, 1, 0, 1, 1, U64, 1, 0, SnapshotFlag.LAST, b"x"))
     with pytest.raises(EncodeError, match="beyond 2"):
@@ -432,7 +432,7 @@ def test_construct_rejects_unrepresentable_values(value: Decoded) -> None:
 
 def test_decode_error_is_a_value_error_with_field_and_offset() -> None:
     with pytest.raises(ValueError, match="bad magic") as info:
-        codec.decode(b"XXXX" + bytes(40))
+        codec.decode_datagram(b"XXXX" + bytes(40))
     assert isinstance(info.value, DecodeError)
     assert (info.value.field, info.value.offset) == ("magic", 0)
 
@@ -480,7 +480,7 @@ def test_touched_is_kind_5_and_the_unknown_kinds_are_0_and_6_to_255() -> None:
     for kind in (0, 6, 200, 255):
         raw = codec.encode_with_construct(
             Decoded(1, 0, 1, SESSION, 1, 0, [UnknownMessage(kind, 0, b"x")]))
-        assert isinstance(codec.decode(raw).messages[0], UnknownMessage)
+        assert isinstance(codec.decode_datagram(raw).messages[0], UnknownMessage)
 
 
 def test_builder_round_trip_touched() -> None:
@@ -495,12 +495,12 @@ def test_builder_round_trip_touched() -> None:
     raw = bytes(builder.finish(1))
     assert len(raw) == (codec.HEADER_SIZE + 2 * (codec.DELTA_OVERHEAD + 1)
                         + 2 * codec.TOUCHED_OVERHEAD + 3 * codec.TOUCHED_ENTRY_SIZE)
-    decoded = codec.decode(raw)
+    decoded = codec.decode_datagram(raw)
     assert decoded.messages[2:] == [summary, Touched(102, 102, ())]
     assert normalise(codec.decode_with_construct(raw)) == normalise(decoded)
     assert codec.encode_with_construct(decoded) == raw
-    assert codec.encode(decoded) == raw
-    text = codec.describe(decoded)
+    assert codec.encode_datagram(decoded) == raw
+    text = codec.describe_datagram(decoded)
     assert "TOUCHED seq=[95, 102) leaves=3: 2@1 5@9 7@4" in text
     assert "TOUCHED seq=[102, 102) leaves=0" in text
 
@@ -509,14 +509,14 @@ def test_touched_in_a_delta_less_datagram() -> None:
     builder = DatagramBuilder(1, SESSION)
     builder.start(50)
     assert builder.add_touched(Touched(40, 50, ((1, 3),)))
-    decoded = codec.decode(builder.finish(0))
+    decoded = codec.decode_datagram(builder.finish(0))
     assert decoded.sequence == 50
     assert decoded.messages == [Touched(40, 50, ((1, 3),))]
 
 
 def test_describe_abbreviates_long_touched() -> None:
     entries = tuple((i, 1) for i in range(20))
-    text = codec.describe(Decoded(1, 0, 1, SESSION, 5, 0, [Touched(1, 5, entries)]))
+    text = codec.describe_datagram(Decoded(1, 0, 1, SESSION, 5, 0, [Touched(1, 5, entries)]))
     assert "leaves=20: 0@1 1@1 2@1 3@1 4@1 5@1 6@1 7@1 ...(+12)" in text
 
 
@@ -572,7 +572,7 @@ def test_builder_touched_fits_exactly_and_reports_full() -> None:
     assert not builder.add_end_of_session()
     raw = bytes(builder.finish(0))
     assert len(raw) == 1400
-    assert codec.decode(raw).messages[0] == Touched(1, 1, entries)
+    assert codec.decode_datagram(raw).messages[0] == Touched(1, 1, entries)
     # One more entry cannot fit even an empty datagram.
     builder.start(1)
     with pytest.raises(EncodeError, match="cannot fit"):

@@ -71,13 +71,13 @@ def outcome(decoder: Any, data: bytes) -> Any:
 
 
 def check_agreement(data: bytes) -> None:
-    assert outcome(codec.decode, data) == outcome(codec.decode_with_construct, data)
+    assert outcome(codec.decode_datagram, data) == outcome(codec.decode_with_construct, data)
 
 
 def reject(data: bytes, field: str, offset: int, reason: str = "", *,
            same_on_construct: bool = False) -> DecodeError:
     with pytest.raises(DecodeError) as fast:
-        codec.decode(data)
+        codec.decode_datagram(data)
     assert (fast.value.field, fast.value.offset) == (field, offset), fast.value
     assert reason in fast.value.reason
     with pytest.raises(DecodeError) as slow:
@@ -89,7 +89,7 @@ def reject(data: bytes, field: str, offset: int, reason: str = "", *,
 
 
 def accept(data: bytes) -> Decoded:
-    fast = codec.decode(data)
+    fast = codec.decode_datagram(data)
     assert normalise(codec.decode_with_construct(data)) == normalise(fast)
     return fast
 
@@ -584,9 +584,9 @@ def test_truncations_of_valid_vectors_are_rejected() -> None:
         if len(data) > 4000:
             continue
         try:
-            codec.decode(data)
+            codec.decode_datagram(data)
         except DecodeError:
             continue
         for cut in range(len(data)):
             with pytest.raises(DecodeError):
-                codec.decode(data[:cut])
+                codec.decode_datagram(data[:cut])

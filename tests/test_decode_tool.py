@@ -110,7 +110,7 @@ def test_every_vector_in_process(path: Path) -> None:
     assert first.startswith(f"#1 {path.name}:{vector['name']} ({vector['size']} bytes)")
     if vector["valid"]:
         assert summary(text) == "summary: 1 datagrams, 1 decoded, 0 malformed"
-        described = codec.describe(codec.decode(bytes.fromhex(vector["hex"])))
+        described = codec.describe_datagram(codec.decode_datagram(bytes.fromhex(vector["hex"])))
         assert described in text
     else:
         error = vector["error"]

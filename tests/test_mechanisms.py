@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from grapevine._reassembly import Reassembler
 from grapevine._reorder import ReorderBuffer
-from grapevine.codec import DatagramBuilder, decode
+from grapevine.codec import DatagramBuilder, decode_datagram
 
 
 def heartbeat(sequence: int, tag: int = 0) -> bytes:
@@ -19,14 +19,14 @@ def test_a_full_reorder_buffer_counts_the_datagram_it_evicts() -> None:
     buffer = ReorderBuffer(window_s=1.0, window_datagrams=3)
     for sequence in (100, 200, 300):
         raw = heartbeat(sequence)
-        assert buffer.hold(raw, decode(raw), 0.0) is True
+        assert buffer.hold(raw, decode_datagram(raw), 0.0) is True
         buffer._check(10)
     raw = heartbeat(50)  # nearer: the farthest (300) makes room
-    assert buffer.hold(raw, decode(raw), 0.0) is True
+    assert buffer.hold(raw, decode_datagram(raw), 0.0) is True
     buffer._check(10)
     assert buffer.evicted == 1
     raw = heartbeat(400)  # farthest of all: refused, counted by the caller
-    assert buffer.hold(raw, decode(raw), 0.0) is False
+    assert buffer.hold(raw, decode_datagram(raw), 0.0) is False
     assert buffer.evicted == 1
     assert len(buffer) == 3
 
@@ -34,7 +34,7 @@ def test_a_full_reorder_buffer_counts_the_datagram_it_evicts() -> None:
 def test_an_unconfirmed_hole_has_no_deadline_before_its_expiry() -> None:
     buffer = ReorderBuffer(window_s=0.02, window_datagrams=64)
     raw = heartbeat(100)
-    buffer.hold(raw, decode(raw), 1.0)
+    buffer.hold(raw, decode_datagram(raw), 1.0)
     assert buffer.gap_end(5.0) is None  # alone: never a gap
     assert buffer.next_deadline(0.2) == 1.0 + 0.2
     assert buffer.drop_unconfirmed(1.0 + 0.2, 0.2) == 1
@@ -46,7 +46,7 @@ def test_a_confirmed_hole_is_due_at_the_window_end() -> None:
     buffer = ReorderBuffer(window_s=0.02, window_datagrams=64)
     for tag in (1, 2):  # two distinct DELTA-less datagrams at one sequence confirm
         raw = heartbeat(100, tag)
-        buffer.hold(raw, decode(raw), 1.0)
+        buffer.hold(raw, decode_datagram(raw), 1.0)
     buffer._check(10)
     assert buffer.next_deadline(0.2) == 1.0 + 0.02
     assert buffer.gap_end(1.0 + 0.02) == 100

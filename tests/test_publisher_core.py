@@ -7,14 +7,14 @@ from helpers import BlobModel, ChainModel
 
 from grapevine import ConfigError, EncodeError, QueueFullError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
-from grapevine.codec import SNAPSHOT_OVERHEAD, Delta, Heartbeat, Snapshot, decode
+from grapevine.codec import SNAPSHOT_OVERHEAD, Delta, Heartbeat, Snapshot, decode_datagram
 from grapevine.wire import MAX_LEAF_ID, DeltaFlag, SnapshotFlag
 
 
 def drain(pub: PublisherCore[object, object], now: float) -> list:  # type: ignore[type-arg]
     out = []
     while (datagram := pub.next_datagram(now)) is not None:
-        out.append(decode(bytes(datagram)))
+        out.append(decode_datagram(bytes(datagram)))
     return out
 
 

@@ -32,7 +32,7 @@ from grapevine import (
 )
 from grapevine._publisher_core import PublisherCore
 from grapevine._transport import open_sender
-from grapevine.codec import Delta, Snapshot, decode
+from grapevine.codec import Delta, Snapshot, decode_datagram
 from grapevine.wire import SnapshotFlag
 
 
@@ -57,7 +57,7 @@ class NoneModel(BytesModel):
 def drain(core: PublisherCore[Any, Any], now: float) -> list[Any]:
     out = []
     while (datagram := core.next_datagram(now)) is not None:
-        out.append(decode(bytes(datagram)))
+        out.append(decode_datagram(bytes(datagram)))
     return out
 
 
@@ -292,7 +292,7 @@ def test_a_publish_blocked_on_a_full_queue_wakes_when_the_sender_dies(
         endpoint: dict[str, Any], faults: Faults) -> None:
     faults.block_first_send = True
     pub: Publisher[bytes, bytes] = Publisher(
-        BytesModel(), on_full="block", block_timeout_s=20,
+        BytesModel(), on_full="block", publish_timeout=20,
         config=fast_publisher(max_queued_deltas=2), **endpoint)
     sock = faults.sockets[0]
     outcome: list[BaseException | int] = []

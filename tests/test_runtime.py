@@ -265,7 +265,7 @@ def test_constructor_callbacks_see_every_event_and_wait_until_applied(
             seq = pub.publish(2, b"y")
             assert seq == pub.last_sequence == 1
             assert sub.wait_until_applied(seq, session_id=pub.session_id, timeout=10)
-            assert sub.applied_sequence >= seq
+            assert sub.stream_position >= seq
             assert sub.values() == {1: b"x", 2: b"y"}
             assert not sub.wait_until_applied(seq, session_id=12345, timeout=0.05)
             assert wait_until(lambda: Status.SYNCED in statuses)

@@ -10,7 +10,7 @@ from helpers import BlobModel, ChainModel, History, LinkFaults, Simulation, asse
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import Status, SubscriberConfig, SubscriberCore, UpdateKind
-from grapevine.codec import DatagramBuilder, decode
+from grapevine.codec import DatagramBuilder, decode_datagram
 
 # More seeds for a soak: GRAPEVINE_SEEDS=200 pytest tests/test_subscriber_core.py -k random
 RANDOM_SEEDS = int(os.environ.get("GRAPEVINE_SEEDS", "6"))
@@ -133,7 +133,7 @@ def test_join_mid_cycle_needs_the_rest_of_the_cycle_only() -> None:
     for _ in range(400):
         now += 0.05
         for datagram in capture(pub, now):
-            if decode(datagram).messages and now > 0.6:
+            if decode_datagram(datagram).messages and now > 0.6:
                 joined = True
             if joined:
                 sub.receive(datagram, now)
@@ -361,7 +361,7 @@ def test_lost_fragment_waits_for_the_next_cycle() -> None:
         now += 0.01
         for datagram in capture(pub, now):
             if dropped < 2 and any(m.__class__.__name__ == "Snapshot" for m in
-                                   decode(datagram).messages):
+                                   decode_datagram(datagram).messages):
                 dropped += 1
                 continue
             sub.receive(datagram, now)

@@ -16,8 +16,8 @@ from grapevine.codec import (
     Delta,
     Snapshot,
     SnapshotFlag,
-    decode,
-    encode,
+    decode_datagram,
+    encode_datagram,
     restamped,
 )
 
@@ -115,12 +115,12 @@ def test_a_replayed_datagram_at_the_current_position_is_dropped_whole() -> None:
     feed.run(0.3, publish=True)
     feed.pub.publish(1, 111)
     feed.pub.publish(2, 222)
-    old = [d for d in feed.sent() if any(type(m) is Delta for m in decode(d).messages)][-1]
+    old = [d for d in feed.sent() if any(type(m) is Delta for m in decode_datagram(d).messages)][-1]
     feed.deliver([old])
     feed.pub.publish(3, 333)
     honest = feed.sent()
-    forged = decode(old)._replace(sequence=decode(honest[0]).sequence)
-    feed.deliver([encode(forged)])
+    forged = decode_datagram(old)._replace(sequence=decode_datagram(honest[0]).sequence)
+    feed.deliver([encode_datagram(forged)])
     assert feed.sub.stats.inconsistent_datagrams == 1
     feed.deliver(honest)
     assert feed.sub.is_fresh(3)
@@ -285,7 +285,8 @@ def _snapshot_datagram(feed: Feed, snapshot: Snapshot) -> bytes:
 
 
 def _snapshot_of(datagrams: list[bytes], leaf_id: int) -> Snapshot:
-    return next(message for decoded in map(decode, datagrams) for message in decoded.messages
+    return next(message for decoded in map(decode_datagram, datagrams)
+                for message in decoded.messages
                 if isinstance(message, Snapshot) and message.leaf_id == leaf_id)
 
 
@@ -320,7 +321,7 @@ def test_a_false_claim_completed_by_an_honest_snapshot_fails_the_census() -> Non
     while leaf2.cycle_id == leaf0.cycle_id:  # leaf 2's snapshot of a later cycle
         feed.now += 0.05
         later = feed.sent()
-        if any(s.leaf_id == 2 for d in later for s in decode(d).messages
+        if any(s.leaf_id == 2 for d in later for s in decode_datagram(d).messages
                if isinstance(s, Snapshot)):
             leaf2 = _snapshot_of(later, 2)
     feed.deliver([_snapshot_datagram(feed, leaf2)])
@@ -403,7 +404,7 @@ def _gap_with_suspects(feed: Feed) -> list[int]:
     for value in (2000, 3000):
         feed.pub.publish(1, value)
         feed.deliver([d for d in feed.sent()
-                      if not any(isinstance(m, Snapshot) for m in decode(d).messages)])
+                      if not any(isinstance(m, Snapshot) for m in decode_datagram(d).messages)])
     feed.now += 0.05
     feed.sub.poll(feed.now)
     assert feed.sub.stats.gaps == 1

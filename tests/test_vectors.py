@@ -114,7 +114,7 @@ def test_there_are_vectors() -> None:
 def test_valid_vector_decodes(vector: dict[str, Any]) -> None:
     raw = bytes.fromhex(vector["hex"])
     assert len(raw) == vector["size"]
-    fast = codec.decode(raw)
+    fast = codec.decode_datagram(raw)
     slow = codec.decode_with_construct(raw)
     assert comparable(fast) == comparable(slow)
     expected = json.loads(json.dumps(vector["fields"]))
@@ -128,7 +128,7 @@ def test_valid_vector_decodes(vector: dict[str, Any]) -> None:
 @pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
 def test_valid_vector_reencodes(vector: dict[str, Any]) -> None:
     raw = bytes.fromhex(vector["hex"])
-    decoded = codec.decode(raw)
+    decoded = codec.decode_datagram(raw)
     rebuilt = codec.encode_with_construct(decoded)
     fast = MV.build_with_builder(decoded)
     if vector.get("reencodes", True):
@@ -138,12 +138,12 @@ def test_valid_vector_reencodes(vector: dict[str, Any]) -> None:
     else:
         # Forward-compatible extras are dropped: the re-encoding is the canonical form.
         assert len(rebuilt) < len(raw)
-        assert comparable(codec.decode(rebuilt)) == comparable(decoded)
+        assert comparable(codec.decode_datagram(rebuilt)) == comparable(decoded)
 
 
 def builder_bytes(vector: dict[str, Any]) -> bytes | None:
     """The vector as DatagramBuilder writes it (then auth.sign, if it is signed), or None."""
-    decoded = codec.decode(bytes.fromhex(vector["hex"]))
+    decoded = codec.decode_datagram(bytes.fromhex(vector["hex"]))
     if decoded.auth is None:
         plain: bytes | None = MV.build_with_builder(decoded)
         return plain
@@ -165,8 +165,8 @@ def test_builder_covers_most_vectors() -> None:
 
 @pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
 def test_valid_vector_describes(vector: dict[str, Any]) -> None:
-    decoded = codec.decode(bytes.fromhex(vector["hex"]))
-    text = codec.describe(decoded)
+    decoded = codec.decode_datagram(bytes.fromhex(vector["hex"]))
+    text = codec.describe_datagram(decoded)
     lines = text.splitlines()
     header = vector["fields"]["header"]
     assert lines[0].startswith(f"grapevine v1 stream={header['stream_id']} ")
@@ -185,7 +185,7 @@ def test_invalid_vector_is_rejected(vector: dict[str, Any]) -> None:
     raw = bytes.fromhex(vector["hex"])
     error = vector["error"]
     with pytest.raises(DecodeError) as fast:
-        codec.decode(raw)
+        codec.decode_datagram(raw)
     assert fast.value.field == error["field"]
     assert fast.value.offset == error["offset"]
     assert error["reason_contains"] in fast.value.reason
@@ -331,7 +331,7 @@ def test_required_vectors_exist() -> None:
 
 def test_fragments_reassemble() -> None:
     by_name = {v["name"]: v for v in VECTORS}
-    parts = [codec.decode(bytes.fromhex(by_name[f"snapshot_fragment_{i}_of_3"]["hex"]))
+    parts = [codec.decode_datagram(bytes.fromhex(by_name[f"snapshot_fragment_{i}_of_3"]["hex"]))
              .messages[0] for i in (1, 2, 3)]
     assert all(isinstance(p, Snapshot) for p in parts)
     whole = bytearray(parts[0].total_length)  # type: ignore[union-attr]
@@ -356,7 +356,7 @@ def test_unknown_kind_vector_uses_a_kind_that_is_still_unknown() -> None:
 
 def test_touched_vectors() -> None:
     by_name = {v["name"]: v for v in VECTORS}
-    summary = codec.decode(bytes.fromhex(by_name["touched"]["hex"]))
+    summary = codec.decode_datagram(bytes.fromhex(by_name["touched"]["hex"]))
     deltas = [m for m in summary.messages if isinstance(m, Delta)]
     last = summary.messages[-1]
     assert isinstance(last, Touched)
@@ -367,9 +367,9 @@ def test_touched_vectors() -> None:
     listed = dict(last.entries)
     assert all(listed[d.leaf_id] >= d.leaf_seq for d in deltas)
     assert {d.leaf_id: d.leaf_seq for d in deltas}.items() <= listed.items()
-    empty = codec.decode(bytes.fromhex(by_name["touched_empty"]["hex"])).messages
+    empty = codec.decode_datagram(bytes.fromhex(by_name["touched_empty"]["hex"])).messages
     assert empty == [Touched(empty[0].first_seq, empty[0].first_seq, ())]  # type: ignore[union-attr]
-    only = codec.decode(bytes.fromhex(by_name["touched_only"]["hex"]))
+    only = codec.decode_datagram(bytes.fromhex(by_name["touched_only"]["hex"]))
     assert len(only.messages) == 1
     assert isinstance(only.messages[0], Touched)
     assert only.messages[0].end_seq == only.sequence
@@ -448,7 +448,7 @@ def test_auth_vector_verdicts_are_the_verifier_and_replay_guard(
         assert verdict is Verdict[step["verdict"]]
         if verdict is not Verdict.ACCEPTED:
             continue
-        decoded = codec.decode(raw)
+        decoded = codec.decode_datagram(raw)
         assert decoded.auth is not None
         before = (guard.replayed_duplicate, guard.replayed_old)
         accepted = guard.accept(decoded.session_id, decoded.send_time_ns, decoded.auth.tag)

@@ -81,8 +81,8 @@ from grapevine.codec import (
     Delta,
     Snapshot,
     Touched,
-    decode,
-    encode,
+    decode_datagram,
+    encode_datagram,
 )
 from grapevine.testing import Market, free_port
 from grapevine.wire import DeltaFlag, HeaderFlag, SnapshotFlag
@@ -294,7 +294,7 @@ class Attacker:
             if source == self.own_address:
                 continue  # our own forgeries come back through the loop
             try:
-                datagram = decode(data)
+                datagram = decode_datagram(data)
             except DecodeError:
                 self.undecodable += 1
                 continue
@@ -411,7 +411,7 @@ class Attacks:
         bit = self.rng.choice(zero_bits)
         data = bytearray(capture.data)
         data[20 + bit // 8] ^= 1 << (bit % 8)  # SPEC 5: sequence is a u64 LE at offset 20
-        flipped = decode(data).sequence
+        flipped = decode_datagram(data).sequence
         self.attacker.send(bytes(data))
         return {"sent": 1, "bit": bit, "original_sequence": original,
                 "flipped_sequence": flipped,
@@ -480,7 +480,7 @@ class Attacks:
             forged_count = snap.cycle_position + 1
             data[at + 20 : at + 24] = forged_count.to_bytes(4, "little")  # cycle_count
         try:
-            decode(data)
+            decode_datagram(data)
             decodable = True
         except DecodeError:
             decodable = False
@@ -532,14 +532,14 @@ class Attacks:
             messages[index] = msg._replace(**{name: getattr(msg, name) ^ 1 << self._bit(width)})
         auth = datagram.auth
         try:
-            data = encode(datagram._replace(messages=messages, flags=0, auth=None))
+            data = encode_datagram(datagram._replace(messages=messages, flags=0, auth=None))
             if auth is not None:
                 # A signed capture: the same mutation, with its original (now wrong) trailer.
                 data = bytearray(data)
                 data[5] |= HeaderFlag.AUTH
                 data += struct.pack("<I", auth.key_id) + auth.tag
                 data = bytes(data)
-            decode(data)
+            decode_datagram(data)
         except (EncodeError, DecodeError):
             return None
         return data
@@ -675,7 +675,7 @@ class Run:
         state: dict[str, Any] = {
             "synced": sub.synced,
             "live_session": sub.session_id == self.pub.session_id,
-            "behind": self.pub.last_sequence - sub.applied_sequence,
+            "behind": self.pub.last_sequence - sub.stream_position,
             "leaves": len(mine),
             "stale": stats.get("stale_leaves"),
             "suspect": stats.get("suspect_leaves"),
@@ -692,7 +692,7 @@ class Run:
     def good(self, sub: Subscriber[Any, Any], truth: dict[int, int]) -> bool:
         pub = self.pub
         return (sub.synced and sub.session_id == pub.session_id
-                and sub.applied_sequence >= pub.last_sequence and self.replica(sub) == truth)
+                and sub.stream_position >= pub.last_sequence and self.replica(sub) == truth)
 
     def wait_equal(self, bound: float, since: float) -> dict[str, Any]:
         """Publishing paused: wait up to ``bound`` for every replica synced and equal."""

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from grapevine.book import BookDelta, Op, OrderBook, Side, decode, encode  # noqa: E402
+from grapevine.book import BookDelta, Op, OrderBook, Side, decode_book, encode_book  # noqa: E402
 
 ADD, REMOVE = Op.ADD, Op.REMOVE
 RefBook = dict[int, dict[int, list[int]]]
@@ -266,15 +266,15 @@ def bench_reads(deep: OrderBook, call: float) -> None:
     small, _ = build(Generator(random.Random(3), 1, 20).initial(0))
     for label, book, number in (("10,000-level book", deep, 20), ("40-level book", small, 2000)):
         print(f"\nReads and snapshots, {label} ({len(book)} levels):")
-        data = encode(book)
+        data = encode_book(book)
         mv = memoryview(data)
         row("best_bid()", best_ns(book.best_bid, 100_000, 5), call)
         row("depth(BID, 10)", best_ns(lambda b=book: b.depth(Side.BID, 10), 20_000, 5), call)
         per = f"{len(data):,} bytes"
         for name, fn in (
             ("checksum()", book.checksum),
-            ("encode()", lambda b=book: encode(b)),
-            ("decode()", lambda m=mv: decode(m)),
+            ("encode()", lambda b=book: encode_book(b)),
+            ("decode_book()", lambda m=mv: decode_book(m)),
             ("copy()", book.copy),
         ):
             ns = best_ns(fn, number, 5)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     container = wire.Datagram.parse(raw)
 
     def fast_decode() -> object:
-        return codec.decode(raw)
+        return codec.decode_datagram(raw)
 
     def construct_decode_codec() -> object:
         return codec.decode_with_construct(raw)

@@ -25,7 +25,7 @@ from grapevine import BytesModel
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
 from grapevine.auth import KeyRing, generate_key
-from grapevine.codec import decode
+from grapevine.codec import decode_datagram
 
 PAYLOAD = bytes(range(18))
 
@@ -103,7 +103,7 @@ def measure(n: int, repeats: int, config: PublisherConfig,
     def decode_only() -> float:
         start = time.perf_counter()
         for datagram in datagrams:
-            decode(datagram)
+            decode_datagram(datagram)
         return time.perf_counter() - start
 
     def receive() -> float:

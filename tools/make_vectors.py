@@ -160,7 +160,7 @@ def datagram_fields(value: Decoded) -> dict[str, Any]:
 def build_with_builder(value: Decoded) -> bytes | None:
     """Encode ``value`` with DatagramBuilder, or None if the builder cannot express it."""
     try:
-        return codec.encode(value)
+        return codec.encode_datagram(value)
     except EncodeError:
         return None
 
@@ -188,7 +188,7 @@ class Vectors:
         fast = build_with_builder(value)
         if raw is None and fast is not None and fast != data:
             raise AssertionError(f"{name}: DatagramBuilder and construct disagree")
-        for decoder in (codec.decode, codec.decode_with_construct):
+        for decoder in (codec.decode_datagram, codec.decode_with_construct):
             got = decoder(data)
             if not _same(got, value):
                 raise AssertionError(f"{name}: {decoder.__name__} gives {got}")
@@ -206,7 +206,7 @@ class Vectors:
     def invalid(self, name: str, description: str, data: bytes, *, field: str, offset: int,
                 reason: str) -> None:
         try:
-            codec.decode(data)
+            codec.decode_datagram(data)
         except DecodeError as exc:
             if (exc.field, exc.offset) != (field, offset) or reason not in exc.reason:
                 raise AssertionError(f"{name}: fast path says {exc.field!r}@{exc.offset}: "
@@ -275,7 +275,7 @@ def _check_auth(name: str, data: bytes, check: dict[str, Any]) -> None:
         verdict = verifier.check(raw)
         if verdict is not auth.Verdict[step["verdict"]]:
             raise AssertionError(f"{name}[{index}]: Verifier says {verdict.name}")
-        decoded = codec.decode(raw)
+        decoded = codec.decode_datagram(raw)
         assert decoded.auth is not None
         before = (guard.replayed_duplicate, guard.replayed_old)
         accepted = guard.accept(decoded.session_id, decoded.send_time_ns, decoded.auth.tag)

@@ -21,14 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import Publisher, PublisherConfig, Subscriber
-from grapevine.book import OrderBookModel, encode
+from grapevine.book import OrderBookModel, encode_book
 from grapevine.testing import Market
 
 
 def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
     market = Market(leaves, seed=leaves, levels=levels)  # the demo's market
     initial = market.copy_books()
-    leaf_bytes = sum(len(encode(book)) for book in initial.values()) // leaves
+    leaf_bytes = sum(len(encode_book(book)) for book in initial.values()) // leaves
     model = OrderBookModel()
     config = PublisherConfig()
     endpoint = {"group": "239.255.74.1", "port": port}
