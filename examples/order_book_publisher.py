@@ -54,17 +54,17 @@ def main(argv: list[str] | None = None) -> int:
                 if now - last >= 1.0:
                     stats = pub.stats()
                     span = now - last
-                    print(f"[{now - start:6.1f}s] {(stats['deltas'] - last_deltas) / span:7,.0f}"
-                          f" deltas/s  {(stats['datagrams'] - last_datagrams) / span:6,.0f}"
-                          f" datagrams/s  {stats['cycles']:5} snapshot cycles  "
-                          f"{stats['leaves']} leaves  queued {stats['queued_deltas']}", flush=True)
-                    last, last_deltas, last_datagrams = now, stats["deltas"], stats["datagrams"]
+                    print(f"[{now - start:6.1f}s] {(stats.deltas - last_deltas) / span:7,.0f}"
+                          f" deltas/s  {(stats.datagrams - last_datagrams) / span:6,.0f}"
+                          f" datagrams/s  {stats.cycles:5} snapshot cycles  "
+                          f"{stats.leaves} leaves  queued {stats.queued_deltas}", flush=True)
+                    last, last_deltas, last_datagrams = now, stats.deltas, stats.datagrams
                 tick.wait(0.01)
             pub.flush(timeout=5)
     except KeyboardInterrupt:
         pass  # leaving the with block closed the publisher
     stats = pub.stats()
-    print(f"stopped after {stats['deltas']:,} deltas in {stats['datagrams']:,} datagrams; "
+    print(f"stopped after {stats.deltas:,} deltas in {stats.datagrams:,} datagrams; "
           "END_OF_SESSION sent", flush=True)
     return 0
 

@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 state = "SYNCED" if sub.synced else phase
                 rate = (updates.count - last_updates) / (now - last)
                 print(f"[{now - start:6.1f}s] {state}  fresh {fresh}/{total}  stale "
-                      f"{stats['stale_leaves']}  suspect {stats['suspect_leaves']}  {rate:,.0f}"
-                      f" updates/s  gaps {stats['gaps']}  repairs {stats['repairs']}  restarts "
-                      f"{stats['restarts']}  dropped {stats['injected_drops']}", flush=True)
+                      f"{stats.stale_leaves}  suspect {stats.suspect_leaves}  {rate:,.0f}"
+                      f" updates/s  gaps {stats.gaps}  repairs {stats.repairs}  restarts "
+                      f"{stats.restarts}  dropped {stats.injected_drops}", flush=True)
                 with sub.locked() as replica:
                     lines = [top_of_book(leaf_id, book, replica.is_fresh(leaf_id))
                              for leaf_id, book in replica.items()[: args.top]]
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass  # leaving the with block closed the subscriber
     stats = sub.stats()
-    print(f"stopped: {stats['datagrams']:,} datagrams, {stats['deltas']:,} deltas, "
-          f"{stats['gaps']} gaps, {stats['repairs']} repairs, synced={sub.synced}", flush=True)
+    print(f"stopped: {stats.datagrams:,} datagrams, {stats.deltas:,} deltas, "
+          f"{stats.gaps} gaps, {stats.repairs} repairs, synced={sub.synced}", flush=True)
     return 0
 
 

@@ -3,6 +3,8 @@
 A publisher owns some state made of *leaves*; it multicasts every change as a sequenced
 delta and cycles snapshots of every leaf, so any number of subscribers keep a live replica,
 detect loss, repair exactly the leaves that loss touched and know when they are in sync.
+
+.. include:: ../docs/guide.md
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from ._subscriber_core import SubscriberConfig
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT
 from .auth import Key, KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import decode_datagram, describe_datagram
-from .events import Status, StatusEvent, UpdateKind
+from .events import Status, StatusEvent, Update, UpdateKind
 from .model import BytesModel, LeafModel
 from .publisher import Publisher
-from .subscriber import Replica, Subscriber
+from .stats import PublisherStats, SubscriberStats
+from .subscriber import Delivery, Replica, Subscriber
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,7 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "DecodeError",
+    "Delivery",
     "EncodeError",
     "GrapevineError",
     "Key",
@@ -54,6 +58,7 @@ __all__ = [
     "Publisher",
     "PublisherConfig",
     "PublisherFailedError",
+    "PublisherStats",
     "QueueFullError",
     "Replica",
     "ReplayGuard",
@@ -61,8 +66,10 @@ __all__ = [
     "StatusEvent",
     "Subscriber",
     "SubscriberConfig",
+    "SubscriberStats",
     "Subscription",
     "UnknownLeafError",
+    "Update",
     "UpdateKind",
     "Verdict",
     "Verifier",

@@ -31,6 +31,7 @@ from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, free_port
 from .book import BookDelta, OrderBook, OrderBookModel
 from .events import Status, StatusEvent
 from .publisher import Publisher
+from .stats import SubscriberStats
 from .subscriber import Subscriber
 
 __all__ = ["add_arguments", "run"]
@@ -120,7 +121,7 @@ class _Tracked:
     # Events summarised once a second: kind -> count, plus deltas missed by gaps.
     pending: dict[Status, int] = field(default_factory=dict)
     missed: int = 0
-    gaps_resolved_seen: int = 0  # stats["gaps_resolved"] at the last summary
+    gaps_resolved_seen: int = 0  # stats.gaps_resolved at the last summary
 
     @property
     def updates(self) -> int:
@@ -214,7 +215,7 @@ def _print_summaries(subs: list[_Tracked], console: _Console) -> None:
             continue
         parts = []
         if pending.get(Status.GAP):
-            resolved = tracked.sub.stats()["gaps_resolved"]
+            resolved = tracked.sub.stats().gaps_resolved
             named = resolved - tracked.gaps_resolved_seen
             tracked.gaps_resolved_seen = resolved
             parts.append(f"{_plural(pending[Status.GAP], 'gap')} "
@@ -237,10 +238,10 @@ def _print_status(pub: Publisher[OrderBook, BookDelta] | None, subs: list[_Track
     if pub is None:
         head = "publisher: (restarting)"
     else:
-        stats = pub.stats()
-        head = (f"publisher: {stats['deltas']:,} deltas ({rate:,.0f}/s), "
-                f"{stats['datagrams']:,} datagrams, {stats['cycles']} snapshot cycles, "
-                f"{stats['leaves']} books")
+        published = pub.stats()
+        head = (f"publisher: {published.deltas:,} deltas ({rate:,.0f}/s), "
+                f"{published.datagrams:,} datagrams, {published.cycles} snapshot cycles, "
+                f"{published.leaves} books")
     console.event(head)
     for tracked in subs:
         sub = tracked.sub
@@ -248,9 +249,9 @@ def _print_status(pub: Publisher[OrderBook, BookDelta] | None, subs: list[_Track
         fresh, total = sub.progress()
         state = "SYNCED " if sub.synced else "syncing"
         console.say(f"         {tracked.name:<8} {state} fresh {fresh:>4}/{total:<4} "
-                    f"stale {stats['stale_leaves']:>3}  suspect {stats['suspect_leaves']:>3}  "
-                    f"gaps {stats['gaps']:>4}  "
-                    f"repairs {stats['repairs']:>5}  updates {tracked.updates:>8,}")
+                    f"stale {stats.stale_leaves:>3}  suspect {stats.suspect_leaves:>3}  "
+                    f"gaps {stats.gaps:>4}  "
+                    f"repairs {stats.repairs:>5}  updates {tracked.updates:>8,}")
 
 
 # ---------------------------------------------------------------------- verification
@@ -260,7 +261,7 @@ def _print_status(pub: Publisher[OrderBook, BookDelta] | None, subs: list[_Track
 class _Result:
     name: str
     synced: bool
-    stats: dict[str, int]
+    stats: SubscriberStats
     first_sync: float | None
     mismatches: int
     books: int
@@ -302,9 +303,9 @@ def _print_results(results: list[_Result], console: _Console) -> bool:
         first = f"{r.first_sync:.2f} s" if r.first_sync is not None else "never"
         equal = (f"Y ({r.books}/{r.books})" if r.mismatches == 0
                  else f"N ({r.mismatches} of {r.books} differ)")
-        console.say(f"{r.name:<10}  {'yes' if r.synced else 'NO':<6}  {r.stats['gaps']:>4}  "
-                    f"{r.stats['missed_deltas']:>6}  {r.stats['leaves_made_stale']:>10}  "
-                    f"{r.stats['repairs']:>7}  {r.stats['restarts']:>8}  {first:>10}  {equal}")
+        console.say(f"{r.name:<10}  {'yes' if r.synced else 'NO':<6}  {r.stats.gaps:>4}  "
+                    f"{r.stats.missed_deltas:>6}  {r.stats.leaves_made_stale:>10}  "
+                    f"{r.stats.repairs:>7}  {r.stats.restarts:>8}  {first:>10}  {equal}")
     console.say("(made stale: books that missed changes in a gap; repairs: books rebuilt from")
     console.say(" a snapshot. Books a gap only made suspect, proven by their next delta, and")
     console.say(" first installs at start-up or after the restart are not counted.)")

@@ -56,7 +56,7 @@ __all__ = [
     "StatusEvent",
     "SubscriberConfig",
     "SubscriberCore",
-    "SubscriberStats",
+    "SubscriberCounters",
     "UpdateKind",
 ]
 
@@ -76,24 +76,42 @@ CHANGED, REPLACED, DELETED = UpdateKind.CHANGED, UpdateKind.REPLACED, UpdateKind
 
 @dataclass(frozen=True)
 class SubscriberConfig:
-    """Subscriber tuning. Times are seconds of the clock the caller passes."""
+    """Subscriber tuning. Times are seconds of the clock the caller passes. The guide
+    (docs/guide.md, "Tuning") weighs each knob with measured figures."""
 
     stream_id: int = 0
+    """Which stream to follow among those sharing the group and port."""
     reorder_window_s: float = 0.02
+    """How long a hole in the stream may wait for a late datagram before it is a gap.
+    Larger tolerates more reordering; smaller reports loss (and starts repair) sooner."""
     reorder_window_datagrams: int = 64
-    silence_timeout_s: float | None = None  # None: 3 heartbeat intervals
-    restart_grace_s: float | None = None  # None: 2 heartbeat intervals
+    """Datagrams held ahead of a hole at most; beyond it the hole becomes a gap at once."""
+    silence_timeout_s: float | None = None
+    """Nothing heard for this long: SILENT and unsynced. None: 3 heartbeat intervals (as
+    the publisher announces them)."""
+    restart_grace_s: float | None = None
+    """How long the followed session must be silent before another session may replace it
+    (a restart), and how long the whole stream may stay behind a position before a resync.
+    None: 2 heartbeat intervals."""
     max_buffered_deltas_per_leaf: int = 4096
+    """Deltas kept for a stale leaf until its repairing snapshot; past it they are dropped
+    (``buffer_overflows``) and the repair waits for a later snapshot."""
     max_snapshot_bytes: int = 64 << 20
+    """Largest leaf snapshot reassembled, bytes (``oversize_snapshots`` beyond)."""
     max_reassemblies: int = 256
-    max_reassembly_bytes: int = 64 << 20  # bytes held by all partial snapshots together
-    max_deleted_remembered: int = 1 << 16  # deleted leaves whose leaf_seq is remembered
-    lag_warning_s: float | None = 1.0  # LAGGING when datagrams arrive this much late
-    # Accept only datagrams signed with one of these keys (SPEC §9); None: no checking.
+    """Snapshots reassembled at once (fragments of large leaves)."""
+    max_reassembly_bytes: int = 64 << 20
+    """Bytes held by all partial snapshots together."""
+    max_deleted_remembered: int = 1 << 16
+    """Deleted leaves whose last ``leaf_seq`` is remembered, to refuse stale resurrections."""
+    lag_warning_s: float | None = 1.0
+    """LAGGING when datagrams arrive this much later than the promptest recent ones;
+    CAUGHT_UP under half of it. None: no lag events."""
     keys: KeyRing | None = None
-    # With keys: a datagram is accepted once, and not if its send time is more than this
-    # much older than the newest accepted of its session (SPEC §9, replay).
+    """Accept only datagrams signed with one of these keys (SPEC §9); None: no checking."""
     replay_window_s: float = 2.0
+    """With keys: a datagram is accepted once, and not if its send time is more than this
+    much older than the newest accepted of its session (SPEC §9, replay)."""
 
     def __post_init__(self) -> None:
         check_stream_id(self.stream_id)
@@ -114,7 +132,7 @@ class SubscriberConfig:
 
 
 @dataclass
-class SubscriberStats:
+class SubscriberCounters:
     """Counters (plain ints, readable from any thread)."""
 
     datagrams: int = 0
@@ -187,8 +205,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
         self.model = model
         self.config = config or SubscriberConfig()
-        self.stats = SubscriberStats()
-        self.updates: list[tuple[int, UpdateKind, Any, Any]] = []
+        self.stats = SubscriberCounters()
+        # (leaf_id, kind, value, delta, sequence, send_time_ns): see grapevine.events.Update
+        self.updates: list[tuple[int, UpdateKind, Any, Any, int, int]] = []
+        self._send_time_ns = 0  # publisher clock of the datagram being processed (0: none)
         self.events: list[StatusEvent] = []
         self.leaves: SortedDict[int, _Leaf] = SortedDict()
         self.session_id: int | None = None
@@ -477,10 +497,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._event(Status.RESTARTED, now, session_id=new)
         return True
 
+    def _position(self) -> int:
+        """The sequence of the last delta the stream has passed (0: none)."""
+        return self.expected - 1 if self.expected is not None else 0
+
     def _clear_replica(self) -> None:
         for leaf_id, rec in self.leaves.items():
             if rec.value is not _ABSENT:
-                self.updates.append((leaf_id, DELETED, None, None))
+                self.updates.append((leaf_id, DELETED, None, None, self._position(), 0))
         self.leaves.clear()
 
     def _resync(self, now: float, reason: str) -> None:
@@ -501,6 +525,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     # ------------------------------------------------------------------ sequencing
 
     def _run_timers(self, now: float) -> None:
+        self._send_time_ns = 0  # what timers change comes from no datagram
         reorder = self._reorder
         if reorder:
             dropped = reorder.drop_unconfirmed(now, self.restart_grace_s)
@@ -566,6 +591,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         reason="data after END_OF_SESSION")
         in_order = datagram.sequence >= expected
         first_new = expected
+        send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         for message in datagram.messages:
             if type(message) is Delta:
@@ -586,7 +612,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                     else:
                         rec.leaf_seq = leaf_seq
                         rec.seen_seq = seq
-                        append_update((leaf_id, CHANGED, value, change))
+                        append_update((leaf_id, CHANGED, value, change, seq, send_time))
                     consistent = True
                 else:
                     if not consistent and not prechecked:
@@ -655,7 +681,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.leaf_seq = delta.leaf_seq
         rec.seen_seq = max(rec.seen_seq, delta.seq)
         self.stats.late_deltas += 1
-        self.updates.append((delta.leaf_id, CHANGED, rec.value, change))
+        self.updates.append((delta.leaf_id, CHANGED, rec.value, change, delta.seq,
+                             self._send_time_ns))
         return True
 
     def _contradicts_the_replica(self, datagram: Decoded, from_seq: int) -> bool:
@@ -703,7 +730,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._forget(leaf_id, delta.leaf_seq, delta.seq + 1)
             if rec is None:
                 return None
-            self._remove(leaf_id, rec)
+            self._remove(leaf_id, rec, delta.seq)
             return True
         if flags & DeltaFlag.CREATE:
             # Applied to an empty leaf: complete on its own, whatever we missed before it.
@@ -726,7 +753,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 rec.value = value
                 rec.leaf_seq = delta.leaf_seq
                 rec.seen_seq = delta.seq
-            self.updates.append((leaf_id, CHANGED, value, change))
+            self.updates.append((leaf_id, CHANGED, value, change, delta.seq, self._send_time_ns))
             return True
         if rec is None:
             # A change to a leaf we do not hold: it waits for a snapshot.
@@ -750,7 +777,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 return True
             rec.leaf_seq = delta.leaf_seq
             rec.seen_seq = delta.seq
-            self.updates.append((leaf_id, CHANGED, rec.value, change))
+            self.updates.append((leaf_id, CHANGED, rec.value, change, delta.seq,
+                                 self._send_time_ns))
             return True
         # leaf_seq jumped: this leaf missed changes. A repair must reflect everything
         # before this delta.
@@ -831,14 +859,16 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.checked = checked
         self._gaps.track(checked)
 
-    def _remove(self, leaf_id: int, rec: _Leaf) -> None:
+    def _remove(self, leaf_id: int, rec: _Leaf, seq: int | None = None) -> None:
+        """Drop a leaf; ``seq`` is the DELETE delta's sequence (default: the position)."""
         if rec.stale:
             self._stale_count -= 1
         else:
             self._gaps.untrack(rec.checked)
         del self.leaves[leaf_id]
         if rec.value is not _ABSENT:
-            self.updates.append((leaf_id, DELETED, None, None))
+            self.updates.append((leaf_id, DELETED, None, None,
+                                 self._position() if seq is None else seq, self._send_time_ns))
 
     def _forget(self, leaf_id: int, leaf_seq: int, absent_from: int) -> None:
         """Remember that the leaf, last at ``leaf_seq``, is absent from ``absent_from`` on."""
@@ -1009,7 +1039,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._gone.pop(leaf_id, None)
         self.stats.snapshots_used += 1
         self.stats.installs += 1
-        self.updates.append((leaf_id, REPLACED, value, None))
+        self.updates.append((leaf_id, REPLACED, value, None, rec.seen_seq, self._send_time_ns))
 
     def _verify(self, leaf_id: int, rec: _Leaf, snap: Snapshot,
                 payload: memoryview | bytes, now: float) -> None:
@@ -1052,7 +1082,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.leaf_seq = snap.leaf_seq
         rec.seen_seq = max(rec.seen_seq, snap.as_of_seq - 1)
         self.stats.snapshots_used += 1
-        self.updates.append((leaf_id, REPLACED, value, None))
+        self.updates.append((leaf_id, REPLACED, value, None, rec.seen_seq, self._send_time_ns))
 
     def _repair(self, leaf_id: int, rec: _Leaf, snap: Snapshot, payload: memoryview | bytes,
                 now: float) -> None:
@@ -1092,7 +1122,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec.leaf_seq = next_leaf_seq - 1
         rec.seen_seq = max(rec.seen_seq, as_of - 1)
         self.stats.snapshots_used += 1
-        self.updates.append((leaf_id, REPLACED, value, None))
+        self.updates.append((leaf_id, REPLACED, value, None, rec.seen_seq, self._send_time_ns))
         if announced:
             self.stats.repairs += 1
             self._event(Status.LEAF_REPAIRED, now, leaf_id=leaf_id)

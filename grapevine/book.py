@@ -47,7 +47,6 @@ existing level is a dict lookup plus attribute updates; only creating or deletin
 touches the sorted key list (O(log n)).
 """
 
-from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
@@ -272,7 +271,7 @@ class OrderBook:
         else:
             raise ValueError(f"{delta!r}: unknown op {op!r}")
 
-    def copy(self) -> OrderBook:
+    def copy(self) -> "OrderBook":
         """An independent deep copy (levels are copied, not shared). O(n)."""
         new = OrderBook(allow_crossed=self._allow_crossed)
         for src, dst in ((self._bids, new._bids), (self._asks, new._asks)):

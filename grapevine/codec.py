@@ -13,7 +13,6 @@ buffer: nothing is copied until the caller needs it) and both raise only
 :class:`~grapevine.DecodeError` on bad input. Tests prove they agree.
 """
 
-from __future__ import annotations
 
 import struct
 from collections.abc import Sequence

@@ -4,12 +4,13 @@ These are public types (re-exported from :mod:`grapevine`); the subscriber core 
 them and the dispatcher delivers them.
 """
 
-from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Generic, NamedTuple
 
-__all__ = ["Status", "StatusEvent", "UpdateKind"]
+from .model import DeltaT, LeafT
+
+__all__ = ["Status", "StatusEvent", "Update", "UpdateKind"]
 
 
 class UpdateKind(enum.IntEnum):
@@ -19,6 +20,31 @@ class UpdateKind(enum.IntEnum):
     REPLACED = 2  # a snapshot was installed (initial sync or repair); ``delta`` is None
     DELETED = 3  # the leaf no longer exists; ``leaf`` is None
     CONFLATED = 4  # several changes, delivered late as one; read the leaf
+
+
+class Update(NamedTuple, Generic[LeafT, DeltaT]):
+    """One change to one leaf, as :meth:`Subscriber.handle`, :meth:`Subscriber.updates`
+    and callbacks registered with ``as_update=True`` receive it.
+
+    ``sequence`` and ``send_time_ns`` let a user order updates across leaves and measure
+    lag; plain callbacks get only the first four fields, which costs less per update.
+    """
+
+    leaf_id: int
+    kind: UpdateKind
+    leaf: LeafT | None
+    """The leaf's value after the change; None for DELETED. For mutable leaves (an
+    OrderBook) this is the live replica object: read it under ``Subscriber.locked()``."""
+    delta: DeltaT | None
+    """The decoded delta for CHANGED; None otherwise."""
+    sequence: int
+    """The stream sequence the leaf is now up to date with: the delta's sequence for
+    CHANGED (and for a DELETED by a delta); for REPLACED, the last sequence the snapshot
+    (and any deltas buffered after it) reflects; otherwise the stream position."""
+    send_time_ns: int
+    """The publisher's clock (Unix ns) when it sent the datagram that caused the update;
+    0 when no datagram did (a timer, a restart, :meth:`Subscriber.resync`). Compare it with
+    ``time.time_ns()`` for one-way delay if the clocks are synchronised."""
 
 
 class Status(enum.Enum):
@@ -41,14 +67,12 @@ class Status(enum.Enum):
 
 
 class StatusEvent(NamedTuple):
-    """One status change. Fields that do not apply to ``kind`` are None.
-
-    ``time`` is the clock the subscriber core was driven with: ``time.monotonic()`` seconds
-    in :class:`~grapevine.Subscriber`.
-    """
+    """One status change. Fields that do not apply to ``kind`` are None."""
 
     kind: Status
     time: float
+    """When it happened: ``time.monotonic()`` seconds in :class:`~grapevine.Subscriber` (the
+    clock the sans-I/O core is driven with), the clock of ``SubscriberStats.taken_at``."""
     leaf_id: int | None = None
     first_seq: int | None = None
     end_seq: int | None = None

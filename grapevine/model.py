@@ -54,19 +54,25 @@ class BytesModel:
     """The simplest model: a leaf is a ``bytes`` value and each delta replaces it."""
 
     def new_leaf(self) -> bytes:
+        """The empty value."""
         return b""
 
     def apply(self, leaf: bytes, delta: bytes) -> bytes:
+        """The delta is the new value."""
         return delta
 
     def encode_delta(self, delta: bytes) -> bytes:
+        """The bytes themselves."""
         return bytes(delta)
 
     def decode_delta(self, payload: memoryview) -> bytes:
+        """A copy of the payload."""
         return bytes(payload)
 
     def encode_leaf(self, leaf: bytes) -> bytes:
+        """The bytes themselves."""
         return bytes(leaf)
 
     def decode_leaf(self, payload: memoryview) -> bytes:
+        """A copy of the payload."""
         return bytes(payload)

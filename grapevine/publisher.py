@@ -19,11 +19,11 @@ or fails at once (``on_full="error"``); either way a change that cannot be queue
 Failures on the sender thread:
 
 * a socket send error (``OSError``: EPERM from a firewall, ENOBUFS...) loses that datagram,
-  as the network may, and is counted in ``stats()["send_errors"]`` (and logged); receivers
+  as the network may, and is counted in ``stats().send_errors`` (and logged); receivers
   repair the loss;
 * a leaf the model cannot encode (``encode_leaf`` raises) is skipped by the snapshot cycle
   and retried in the next one; every other leaf, and every delta, keeps flowing. It is
-  logged (once each time a leaf starts failing), counted in ``stats()["snapshot_errors"]``
+  logged (once each time a leaf starts failing), counted in ``stats().snapshot_errors``
   and listed by :meth:`Publisher.snapshot_failures`. Receivers that need that leaf's
   snapshot stay unsynced for it: they never report it fresh;
 * anything else stops the sender thread for good. The error is logged, END_OF_SESSION is
@@ -44,8 +44,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
-from typing import Any, Generic, Literal, NoReturn
+from typing import Generic, Literal, NoReturn
 
 from ._errors import (
     ClosedError,
@@ -59,6 +58,7 @@ from ._stream_id import config_for_stream
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_sender
 from .auth import KeyRing
 from .model import DeltaT, LeafModel, LeafT
+from .stats import PublisherStats
 
 __all__ = ["Publisher", "PublisherConfig", "PublisherFailedError", "QueueFullError"]
 
@@ -213,21 +213,23 @@ class Publisher(Generic[LeafT, DeltaT]):
         """This publisher's random session id (new at every start)."""
         return self._core.session_id
 
-    def stats(self) -> dict[str, Any]:
-        """Counters: deltas, datagrams, snapshots, cycles, bytes, heartbeats, queue depth.
+    def stats(self) -> PublisherStats:
+        """Every counter and gauge, as one frozen :class:`~grapevine.stats.PublisherStats`
+        (deltas, datagrams, snapshots, cycles, bytes, heartbeats, queue depth, and the
+        failures: ``send_errors``, ``snapshot_errors``, ``snapshot_failing_leaves``).
 
-        Also the failures: ``send_errors`` (datagrams the socket refused),
-        ``snapshot_errors`` (``encode_leaf`` calls that failed) and
-        ``snapshot_failing_leaves`` (leaves whose latest ``encode_leaf`` failed).
+        O(1). Keep the previous value to take rates: ``now.rates(before)``.
         """
         with self._lock:
-            values = asdict(self._core.stats)
-            values["queued_deltas"] = self._core.queued_deltas
-            values["leaves"] = len(self._core.leaves)
-            values["cycle_id"] = self._core.cycle_id
-            values["snapshot_failing_leaves"] = len(self._core.snapshot_failures)
-        values["send_errors"] = self.send_errors
-        return values
+            taken_at = time.monotonic()
+            counters = dict(vars(self._core.stats))
+            queued = self._core.queued_deltas
+            leaves = len(self._core.leaves)
+            cycle_id = self._core.cycle_id
+            failing = len(self._core.snapshot_failures)
+        return PublisherStats(taken_at=taken_at, **counters, send_errors=self.send_errors,
+                              queued_deltas=queued, leaves=leaves, cycle_id=cycle_id,
+                              snapshot_failing_leaves=failing)
 
     def snapshot_failures(self) -> dict[int, Exception]:
         """Leaves the snapshot cycle cannot carry: leaf id -> what ``encode_leaf`` raised.

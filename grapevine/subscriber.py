@@ -4,8 +4,10 @@
   preallocated buffer and feeds them to :class:`~grapevine._subscriber_core.SubscriberCore`
   under the replica lock (one lock round per datagram);
 * ``grapevine-dispatch[...]`` runs user callbacks (see :mod:`grapevine._dispatch`), unless
-  ``callbacks_on_receiver_thread=True`` asks for them inline (faster, but a slow callback
-  then delays reading the socket).
+  ``delivery="inline"`` asks for them on the receiver thread (faster, but a slow callback
+  then delays reading the socket) or ``delivery="pull"`` leaves them to the user's own
+  thread or event loop (:meth:`Subscriber.handle`, :meth:`Subscriber.fileno`,
+  :meth:`Subscriber.updates`).
 
 Usage::
 
@@ -18,25 +20,43 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
-from typing import Any, Generic
+from typing import Any, Generic, Literal, overload
 
 from . import wire
-from ._dispatch import Callbacks, Dispatcher, LeafCallback, StatusCallback, Subscription
+from ._dispatch import (
+    CONFLATED_READY,
+    STOP,
+    Callbacks,
+    Dispatcher,
+    Handoff,
+    LeafCallback,
+    RawUpdate,
+    StatusCallback,
+    Subscription,
+    UpdateCallback,
+    Wakeup,
+    drain,
+)
 from ._errors import ClosedError, ConfigError, LeafIdError
 from ._stream_id import config_for_stream
-from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberStats
+from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberCounters
 from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
 from .auth import KeyRing
-from .events import Status, StatusEvent, UpdateKind
+from .events import Status, StatusEvent, Update, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
+from .stats import SubscriberStats
 
-__all__ = ["Replica", "Status", "StatusEvent", "Subscriber", "SubscriberConfig", "UpdateKind"]
+__all__ = ["Delivery", "Replica", "Status", "StatusEvent", "Subscriber", "SubscriberConfig",
+           "Update", "UpdateKind"]
+
+Delivery = Literal["thread", "inline", "pull"]
+"""Where callbacks run: a dispatcher thread, the receiver thread, or the user's own."""
 
 log = logging.getLogger("grapevine")
 
@@ -90,8 +110,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
         interface: address of the local interface to join on (default loopback).
         config: timing and limits (:class:`SubscriberConfig`).
         receive_buffer_bytes: SO_RCVBUF to ask for (a warning is logged if clamped).
-        callbacks_on_receiver_thread: run callbacks inline on the receiver thread.
-        max_callback_backlog: updates callbacks may fall behind before conflation.
+        delivery: where callbacks run. ``"thread"`` (default): on a dispatcher thread of
+            the subscriber's own. ``"inline"``: on the receiver thread (least latency and
+            CPU, but a slow callback delays reading the socket). ``"pull"``: on the thread
+            that calls :meth:`handle` (select on :meth:`fileno`), or in the event loop that
+            iterates :meth:`updates`.
+        max_callback_backlog: updates callbacks may fall behind before conflation (not
+            with ``delivery="inline"``, where nothing queues).
         drop_filter: fault injection for tests and demos: called with each received
             datagram; True drops it as if the network had lost it.
         on_update, on_status: callbacks registered before the receiver starts (callbacks
@@ -110,15 +135,17 @@ class Subscriber(Generic[LeafT, DeltaT]):
         interface: str = DEFAULT_INTERFACE,
         config: SubscriberConfig | None = None,
         receive_buffer_bytes: int = 4 << 20,
-        callbacks_on_receiver_thread: bool = False,
+        delivery: Delivery = "thread",
         max_callback_backlog: int = 100_000,
         drop_filter: DropFilter | None = None,
-        on_update: LeafCallback | None = None,
+        on_update: LeafCallback[LeafT, DeltaT] | None = None,
         on_status: StatusCallback | None = None,
-        on_leaf: Mapping[int, LeafCallback] | None = None,
+        on_leaf: Mapping[int, LeafCallback[LeafT, DeltaT]] | None = None,
     ) -> None:
         if not isinstance(model, LeafModel):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
+        if delivery not in ("thread", "inline", "pull"):
+            raise ConfigError(f"delivery must be 'thread', 'inline' or 'pull', not {delivery!r}")
         if max_callback_backlog < 1:
             raise ConfigError("max_callback_backlog must be positive")
         # Checked before any socket is opened, so a bad argument leaks nothing.
@@ -138,38 +165,66 @@ class Subscriber(Generic[LeafT, DeltaT]):
         # Callbacks given here are in place before the first datagram is read, so they
         # see every event (SESSION_STARTED, the first SYNCED, every initial install).
         if on_update is not None:
-            self._callbacks.add_update(_callable(on_update))
+            self._callbacks.add("every", _callable(on_update))
         if on_status is not None:
-            self._callbacks.add_status(_callable(on_status))
+            self._callbacks.add("status", _callable(on_status))
         for leaf_id, callback in leaf_callbacks.items():
-            self._callbacks.add_leaf(leaf_id, callback)
+            self._callbacks.add("leaf", callback, leaf_id)
         self._drop_filter = drop_filter
         self.injected_drops = 0
         self.internal_errors = 0
         self._closing = threading.Event()
         self._closed = False
         label = f"{group}:{port}/{stream_id}"
+        self.delivery: Delivery = delivery
         self._dispatcher: Dispatcher | None = None
-        if not callbacks_on_receiver_thread:
+        self._wakeup: Wakeup | None = None
+        self._handoff: Handoff | None = None  # None: callbacks run inline
+        self._pulling = threading.Lock()  # one pull-mode consumer at a time
+        if delivery == "thread":
             self._dispatcher = Dispatcher(self._callbacks, f"grapevine-dispatch[{label}]",
                                           max_callback_backlog)
+            self._handoff = self._dispatcher.handoff
+        elif delivery == "pull":
+            self._wakeup = Wakeup()
+            self._handoff = Handoff(max_callback_backlog, self._wakeup)
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
                                           name=f"grapevine-receiver[{label}]")
         self._receiver.start()
 
     # ------------------------------------------------------------------ callbacks
 
-    def on_leaf(self, leaf_id: int, callback: LeafCallback) -> Subscription:
-        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of one leaf.
+    @overload
+    def on_leaf(self, leaf_id: int, callback: LeafCallback[LeafT, DeltaT]) -> Subscription: ...
+
+    @overload
+    def on_leaf(self, leaf_id: int, callback: UpdateCallback[LeafT, DeltaT], *,
+                as_update: Literal[True]) -> Subscription: ...
+
+    def on_leaf(self, leaf_id: int, callback: Callable[..., object], *,
+                as_update: bool = False) -> Subscription:
+        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of one leaf, or
+        ``callback(update)`` with one :class:`Update` (which adds the stream ``sequence``
+        and the publisher's ``send_time_ns``) if ``as_update=True``.
 
         Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback.
         """
         self._check_open()
         _check_leaf_id(leaf_id)
-        return self._callbacks.add_leaf(leaf_id, _callable(callback))
+        return self._callbacks.add("leaf_update" if as_update else "leaf", _callable(callback),
+                                   leaf_id)
 
-    def on_update(self, callback: LeafCallback) -> Subscription:
-        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of every leaf.
+    @overload
+    def on_update(self, callback: LeafCallback[LeafT, DeltaT]) -> Subscription: ...
+
+    @overload
+    def on_update(self, callback: UpdateCallback[LeafT, DeltaT], *,
+                  as_update: Literal[True]) -> Subscription: ...
+
+    def on_update(self, callback: Callable[..., object], *,
+                  as_update: bool = False) -> Subscription:
+        """Call ``callback(leaf_id, kind, leaf, delta)`` for every update of every leaf (or
+        ``callback(update)`` with one :class:`Update` if ``as_update=True``).
 
         ``kind`` is an :class:`UpdateKind`; ``delta`` is the decoded delta for CHANGED and
         None otherwise; ``leaf`` is None for DELETED. Mutable leaves may change again while
@@ -177,17 +232,91 @@ class Subscriber(Generic[LeafT, DeltaT]):
         Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback.
         """
         self._check_open()
-        if not callable(callback):
-            raise TypeError(f"callback {callback!r} is not callable")
-        return self._callbacks.add_update(callback)
+        return self._callbacks.add("every_update" if as_update else "every",
+                                   _callable(callback))
 
     def on_status(self, callback: StatusCallback) -> Subscription:
         """Call ``callback(event)`` with every :class:`StatusEvent` (synced, gap, ...).
         Returns a :class:`Subscription`; its ``cancel()`` unregisters the callback."""
         self._check_open()
-        if not callable(callback):
-            raise TypeError(f"callback {callback!r} is not callable")
-        return self._callbacks.add_status(callback)
+        return self._callbacks.add("status", _callable(callback))
+
+    # ------------------------------------------------------------------ pull mode
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable when :meth:`handle` has work (``delivery=
+        "pull"``): give it to ``select``, ``selectors`` or an event loop. It may also be
+        readable once with nothing to do; :meth:`handle` then returns 0."""
+        _handoff, wakeup = self._pull_mode("fileno")
+        return wakeup.fileno()
+
+    def handle(self, timeout: float | None = None) -> int:
+        """Run the callbacks for everything received so far, on this thread (``delivery=
+        "pull"``). Waits up to ``timeout`` seconds (None: until something arrives or the
+        subscriber closes; 0: not at all) for the first update or status event. Returns how
+        many updates and status events were delivered (0 on timeout)."""
+        handoff, wakeup = self._pull_mode("handle")
+        with self._pulling:
+            wakeup.clear()
+            delivered = 0
+            for item in drain(handoff, timeout):
+                if item is STOP:
+                    break
+                delivered += handoff.run(item, self._callbacks)
+            return delivered
+
+    async def updates(self) -> AsyncIterator[Update[LeafT, DeltaT]]:
+        """Iterate updates in an asyncio event loop (``delivery="pull"``)::
+
+            async for update in sub.updates():
+                print(update.leaf_id, update.kind, update.sequence)
+
+        Registered callbacks (status callbacks included) run in the loop too, as with
+        :meth:`handle`. The iteration ends when the subscriber closes. Use one consumer:
+        either this or :meth:`handle`. Updates taken from the queue but not yet yielded when
+        the loop breaks out are dropped.
+        """
+        handoff, wakeup = self._pull_mode("updates")
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        callbacks = self._callbacks
+        wakeup.acquire()
+        try:
+            fd = wakeup.fileno()
+            loop.add_reader(fd, readable.set)
+            try:
+                while True:
+                    readable.clear()
+                    wakeup.clear()
+                    items = drain(handoff, 0)
+                    if not items:
+                        await readable.wait()
+                        continue
+                    for item in items:
+                        if item is STOP:
+                            return
+                        if isinstance(item, StatusEvent):
+                            callbacks.deliver_status(item)
+                            continue
+                        raws: list[RawUpdate] = (
+                            handoff.take_conflated() if item is CONFLATED_READY
+                            else item)  # type: ignore[assignment]
+                        callbacks.deliver_updates(raws)
+                        if item is not CONFLATED_READY:
+                            handoff.count_delivered(len(raws))
+                        for raw in raws:
+                            yield tuple.__new__(Update, raw)
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            wakeup.release()
+
+    def _pull_mode(self, method: str) -> tuple[Handoff, Wakeup]:
+        self._check_open()
+        if self._wakeup is None or self._handoff is None:
+            raise ConfigError(f"{method}() needs Subscriber(delivery='pull'); this one has "
+                              f"delivery={self.delivery!r}")
+        return self._handoff, self._wakeup
 
     # ------------------------------------------------------------------ reading
 
@@ -227,7 +356,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
 
     @property
     def stream_position(self) -> int:
-        """The stream sequence of the last delta applied in the current session (0: none)."""
+        """The sequence of the last delta the stream has passed in the current session (0:
+        none): every delta up to it was applied, or lost in a gap whose leaves are stale or
+        repaired. Compare it with what :meth:`Publisher.publish` returned."""
         expected = self._core.expected
         return expected - 1 if expected is not None else 0
 
@@ -318,20 +449,26 @@ class Subscriber(Generic[LeafT, DeltaT]):
         with self._lock:
             self._core.set_keys(keys)
 
-    def stats(self) -> dict[str, int]:
-        """Every counter: the core's, plus callbacks, conflation, kernel and injected drops."""
+    def stats(self) -> SubscriberStats:
+        """Every counter and gauge, as one frozen :class:`~grapevine.stats.SubscriberStats`.
+
+        O(1): it copies a few dozen integers under the replica lock, whatever the number of
+        leaves. Keep the previous value to take rates: ``now.rates(before)``.
+        """
+        handoff = self._handoff
         with self._lock:
-            values = asdict(self._core.stats)
+            taken_at = time.monotonic()
+            counters = dict(vars(self._core.stats))
             stale = self._core.stale_count
-            values["stale_leaves"] = stale
-            values["suspect_leaves"] = self._core.unverified - stale
-        values["kernel_drops"] = self._socket.kernel_drops
-        values["injected_drops"] = self.injected_drops
-        values["callback_errors"] = self._callbacks.errors
-        values["conflated_updates"] = self._dispatcher.conflated if self._dispatcher else 0
-        values["callback_backlog"] = self._dispatcher.backlog if self._dispatcher else 0
-        values["internal_errors"] = self.internal_errors
-        return values
+            suspect = self._core.unverified - stale
+        return SubscriberStats(
+            taken_at=taken_at, **counters,
+            kernel_drops=self._socket.kernel_drops, injected_drops=self.injected_drops,
+            callback_errors=self._callbacks.errors,
+            conflated_updates=handoff.conflated if handoff else 0,
+            internal_errors=self.internal_errors,
+            stale_leaves=stale, suspect_leaves=suspect,
+            callback_backlog=handoff.backlog if handoff else 0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -345,6 +482,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
         self._socket.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
+        elif self._handoff is not None and self._wakeup is not None:
+            self._handoff.put_stop()  # a handle() waiting in another thread returns
+            self._wakeup.close()
         with self._synced:
             self._closed = True
             self._synced.notify_all()
@@ -419,19 +559,19 @@ class Subscriber(Generic[LeafT, DeltaT]):
                     log.exception("grapevine internal error in the receive path (%d so far)",
                                   self.internal_errors)
 
-    def _deliver(self, updates: list[Any], events: list[StatusEvent]) -> None:
+    def _deliver(self, updates: list[RawUpdate], events: list[StatusEvent]) -> None:
         # Updates first: a SYNCED event follows the leaves that completed it.
-        dispatcher = self._dispatcher
-        if dispatcher is None:
+        handoff = self._handoff
+        if handoff is None:
             if updates:
                 self._callbacks.deliver_updates(updates)
             for event in events:
                 self._callbacks.deliver_status(event)
         else:
             if updates:
-                dispatcher.put_updates(updates)
+                handoff.put_updates(updates)
             for event in events:
-                dispatcher.put_status(event)
+                handoff.put_status(event)
 
     def _report_bad_input(self, reported: _Reported, now: float) -> None:
         """Log bad input from the network: the first few in full, then one summary line
@@ -487,12 +627,12 @@ class _Reported:
         self.last_log = 0.0
 
 
-def _rejected(stats: SubscriberStats) -> int:
+def _rejected(stats: SubscriberCounters) -> int:
     """Datagrams authentication dropped, of every kind."""
     return stats.unauthenticated + stats.unknown_keys + stats.bad_tags + stats.replayed
 
 
-def _rejection_reason(stats: SubscriberStats, reported: _Reported) -> str:
+def _rejection_reason(stats: SubscriberCounters, reported: _Reported) -> str:
     """Which kind of authentication failure grew since the last report."""
     counts = (stats.unauthenticated, stats.unknown_keys, stats.bad_tags, stats.replayed)
     names = ("not signed", "unknown key id", "bad tag: forged or corrupted",

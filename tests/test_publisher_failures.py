@@ -144,7 +144,7 @@ def test_encode_leaf_error_skips_that_leaf_and_is_surfaced(
         early.on_status(on_status)
         pub.publish(1, b"ok")
         pub.publish(2, b"poison")
-        assert wait_until(lambda: pub.stats().get("snapshot_errors", 0) >= 1)
+        assert wait_until(lambda: pub.stats().snapshot_errors >= 1)
         # The sender lives on: deltas still flow, flush() returns, the error is visible.
         pub.publish(3, b"more")
         assert pub.flush(timeout=5)
@@ -153,7 +153,7 @@ def test_encode_leaf_error_skips_that_leaf_and_is_surfaced(
         failures = pub.snapshot_failures()
         assert list(failures) == [2]
         assert isinstance(failures[2], ValueError)
-        assert pub.stats()["snapshot_failing_leaves"] == 1
+        assert pub.stats().snapshot_failing_leaves == 1
         assert wait_until(lambda: any("leaf 2" in r.getMessage() and r.exc_info
                                       for r in caplog.records))
         # A late joiner installs every leaf the cycle can carry but is truthfully not synced.
@@ -166,7 +166,7 @@ def test_encode_leaf_error_skips_that_leaf_and_is_surfaced(
             assert late.wait_until_applied(seq, session_id=pub.session_id, timeout=10)
             assert late.values() == pub.values()
             assert pub.snapshot_failures() == {}
-        assert pub.stats()["send_errors"] == 0
+        assert pub.stats().send_errors == 0
         # close() still ends the session cleanly (END_OF_SESSION).
         pub.close()
         assert ended.wait(10)
@@ -330,7 +330,7 @@ def test_send_errors_are_counted_and_the_sender_survives(
     with Subscriber(model, **endpoint) as sub, \
             Publisher(model, config=fast_publisher(), **endpoint) as pub:
         faults.sockets[0].os_errors = 3  # EPERM, as a firewall rule gives
-        assert wait_until(lambda: pub.stats()["send_errors"] >= 3)
+        assert wait_until(lambda: pub.stats().send_errors >= 3)
         assert pub.failure is None
         seq = pub.publish(1, b"after")
         assert pub.flush(timeout=5)
@@ -357,7 +357,7 @@ def test_the_configs_stream_id_is_used_when_no_keyword_is_given(
         for sub in (by_keyword, by_config):
             assert sub.wait_until_applied(seq, session_id=pub.session_id, timeout=10)
             assert sub.values() == {1: b"on stream 5"}
-            assert sub.stats()["foreign_stream"] == 0
+            assert sub.stats().foreign_stream == 0
 
 
 @pytest.mark.network

@@ -44,10 +44,10 @@ def test_subscribers_replicate_and_late_joiner_syncs(endpoint: dict[str, Any]) -
             for sub in (first, second, late):
                 assert sub.wait_synced(10), sub.stats()
                 assert wait_until(lambda s=sub: s.values() == pub.values())  # type: ignore[misc]
-            assert late.stats()["deltas"] < first.stats()["deltas"]
+            assert late.stats().deltas < first.stats().deltas
         finally:
             late.close()
-        assert first.stats()["internal_errors"] == 0
+        assert first.stats().internal_errors == 0
 
 
 def test_loss_is_detected_and_repaired(endpoint: dict[str, Any]) -> None:
@@ -70,10 +70,10 @@ def test_loss_is_detected_and_repaired(endpoint: dict[str, Any]) -> None:
         assert sub.wait_synced(15), sub.stats()
         assert wait_until(lambda: sub.values() == pub.values())
         stats = sub.stats()
-        assert stats["injected_drops"] > 0
-        assert stats["gaps"] > 0
-        assert stats["gaps_resolved"] > 0  # TOUCHED summaries named what most gaps touched
-        assert stats["repairs"] > 0
+        assert stats.injected_drops > 0
+        assert stats.gaps > 0
+        assert stats.gaps_resolved > 0  # TOUCHED summaries named what most gaps touched
+        assert stats.repairs > 0
         assert wait_until(lambda: any(e.kind is Status.GAP for e in events))
 
 
@@ -130,8 +130,8 @@ def test_callbacks_per_leaf_all_leaves_and_status(endpoint: dict[str, Any]) -> N
         assert wait_until(lambda: Status.SYNCED in statuses and
                           Status.SESSION_ENDED in statuses)
         stats = sub.stats()
-        assert stats["callback_errors"] >= 3
-        assert stats["internal_errors"] == 0
+        assert stats.callback_errors >= 3
+        assert stats.internal_errors == 0
 
 
 def test_slow_callbacks_conflate_instead_of_growing(endpoint: dict[str, Any]) -> None:
@@ -149,16 +149,16 @@ def test_slow_callbacks_conflate_instead_of_growing(endpoint: dict[str, Any]) ->
             for i in range(5_000):
                 pub.publish(i % 10, i)
             assert pub.flush(10)
-            assert wait_until(lambda: sub.stats()["deltas"] == 5_000)
-            assert sub.stats()["callback_backlog"] <= 200
+            assert wait_until(lambda: sub.stats().deltas == 5_000)
+            assert sub.stats().callback_backlog <= 200
             release.set()
-            assert wait_until(lambda: sub.stats()["conflated_updates"] > 0)
+            assert wait_until(lambda: sub.stats().conflated_updates > 0)
             assert wait_until(lambda: any(k is UpdateKind.CONFLATED for _, k in delivered))
             assert len(delivered) < 5_000
             assert sub.values() == pub.values()
 
 
-def test_callbacks_on_receiver_thread(endpoint: dict[str, Any]) -> None:
+def test_inline_delivery(endpoint: dict[str, Any]) -> None:
     model = BytesModel()
     threads: set[str] = set()
     got = threading.Event()
@@ -167,7 +167,7 @@ def test_callbacks_on_receiver_thread(endpoint: dict[str, Any]) -> None:
         threads.add(threading.current_thread().name)
         got.set()
 
-    with Subscriber(model, callbacks_on_receiver_thread=True, **endpoint) as sub:
+    with Subscriber(model, delivery="inline", **endpoint) as sub:
         sub.on_update(record)
         with Publisher(model, config=fast_publisher(), **endpoint) as pub:
             pub.publish(1, b"x")
@@ -184,12 +184,12 @@ def test_hostile_datagrams_are_counted_and_the_receiver_survives(
         for size in [0, 1, 35, 36, 37, 200, 1400, 9000]:
             raw.send(b"GRPV\x01" + rng.randbytes(max(size - 5, 0)))
         raw.send(b"\x00" * 64)
-        assert wait_until(lambda: sub.stats()["malformed"] >= 9)
+        assert wait_until(lambda: sub.stats().malformed >= 9)
         with Publisher(model, config=fast_publisher(), **endpoint) as pub:
             pub.publish(5, b"still alive")
             assert sub.wait_synced(10)
             assert wait_until(lambda: sub.values() == {5: b"still alive"})
-        assert sub.stats()["internal_errors"] == 0
+        assert sub.stats().internal_errors == 0
 
 
 def test_threads_are_named_and_close_is_idempotent(endpoint: dict[str, Any]) -> None:
@@ -235,7 +235,7 @@ def test_full_queue_blocks_until_the_sender_makes_room(endpoint: dict[str, Any])
         for i in range(20_000):
             pub.publish(i % 50, i)  # never more than 8 queued: publish waits for room
         assert pub.flush(10)
-        assert pub.stats()["queued_deltas"] == 0
+        assert pub.stats().queued_deltas == 0
         assert sub.wait_synced(10)
         assert wait_until(lambda: sub.values() == pub.values())
 
@@ -283,7 +283,7 @@ def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) ->
         for i in range(20):  # 20 small deltas well inside one linger: one datagram
             seq = pub.publish(i, b"x")
         assert sub.wait_until_applied(seq, timeout=10)
-        assert pub.stats()["delta_datagrams"] == 1
+        assert pub.stats().delta_datagrams == 1
         seq = pub.publish(99, b"y")
         assert pub.flush(timeout=0.2)  # flush does not wait out the linger
         assert sub.wait_until_applied(seq, timeout=10)
@@ -299,7 +299,7 @@ def test_close_from_inside_a_callback(endpoint: dict[str, Any], inline: bool) ->
         holder[0].close()
         closed.set()
 
-    sub = Subscriber(model, callbacks_on_receiver_thread=inline, on_update=close_me,
+    sub = Subscriber(model, delivery="inline" if inline else "thread", on_update=close_me,
                      **endpoint)
     holder.append(sub)
     with Publisher(model, config=fast_publisher(), **endpoint) as pub:
@@ -336,11 +336,11 @@ def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: dict[str, A
         assert sub.wait_until_applied(pub.last_sequence, session_id=pub.session_id,
                                       timeout=10)
         assert sub.values() == pub.values()
-        assert wait_until(lambda: sub.stats()["unauthenticated"] > 0)
+        assert wait_until(lambda: sub.stats().unauthenticated > 0)
         stats = sub.stats()
-        assert stats["bad_tags"] == stats["unknown_keys"] == 0
-        assert stats["gaps"] == 0
-        assert stats["restarts"] == 0
+        assert stats.bad_tags == stats.unknown_keys == 0
+        assert stats.gaps == 0
+        assert stats.restarts == 0
 
 
 def test_callbacks_unsubscribe_and_per_leaf_callbacks_at_construction(

@@ -677,8 +677,8 @@ class Run:
             "live_session": sub.session_id == self.pub.session_id,
             "behind": self.pub.last_sequence - sub.stream_position,
             "leaves": len(mine),
-            "stale": stats.get("stale_leaves"),
-            "suspect": stats.get("suspect_leaves"),
+            "stale": stats.stale_leaves,
+            "suspect": stats.suspect_leaves,
         }
         if truth is not None:
             state["equal"] = mine == truth
@@ -884,7 +884,7 @@ def run_inside(args: argparse.Namespace) -> int:
             threading.Event().wait(args.warmup)  # live stream before the first attack
             last_attack = time.monotonic()
             for phase, name, quiet in steps:
-                stats_before = [sub.stats() for sub in subs]
+                stats_before = [sub.stats().to_dict() for sub in subs]
                 attacks.mark = attacker.serial
                 if quiet:
                     feeder.pause()
@@ -910,7 +910,8 @@ def run_inside(args: argparse.Namespace) -> int:
                     "attack_s": round(last_attack - started, 3), "details": details,
                     "observations": observations, "recovery": recovery,
                     "events": run.event_counts(started),
-                    "stats_changed": stats_delta(stats_before, [sub.stats() for sub in subs]),
+                    "stats_changed": stats_delta(
+                        stats_before, [sub.stats().to_dict() for sub in subs]),
                 })
                 feeder.resume()
                 threading.Event().wait(args.between)  # live stream between steps
@@ -932,16 +933,16 @@ def run_inside(args: argparse.Namespace) -> int:
             report["auth_drops"] = [
                 {key: stats[key] for key in ("unauthenticated", "unknown_keys", "bad_tags",
                                              "replayed")}
-                for stats in (sub.stats() for sub in subs)]
-            report["subscriber_stats"] = [sub.stats() for sub in subs]
-            report["internal_errors"] = [sub.stats().get("internal_errors", 0) for sub in subs]
+                for stats in (sub.stats().to_dict() for sub in subs)]
+            report["subscriber_stats"] = [sub.stats().to_dict() for sub in subs]
+            report["internal_errors"] = [sub.stats().internal_errors for sub in subs]
             report["threads"] = {
                 "expected": expected_threads, "alive": dict(alive),
                 "all_alive": all(alive[name] >= n for name, n in expected_threads.items()),
                 "feeder_error": feeder.error, "capture_alive": attacker.thread.is_alive(),
             }
             report["deltas_published"] = feeder.sent
-            report["publisher"] = {k: v for k, v in pub.stats().items()
+            report["publisher"] = {k: v for k, v in pub.stats().to_dict().items()
                                    if k in ("deltas", "datagrams", "cycles", "send_errors")}
             report["attacker"] = {"sent": attacker.sent,
                                   "captured_undecodable": attacker.undecodable}

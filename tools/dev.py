@@ -47,9 +47,10 @@ def run(cmd: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in {"demo", "test", "lint", "bench", "shell"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "bench", "docs", "shell"}:
         print(__doc__)
-        print("commands: demo [demo options] | test [pytest options] | lint | bench | shell CMD...")
+        print("commands: demo [demo options] | test [pytest options] | lint | bench | docs "
+              "| shell CMD...")
         sys.exit(2)
     command, rest = argv[0], argv[1:]
     ensure_env()
@@ -62,6 +63,12 @@ def main(argv: list[str]) -> None:
         run([str(PYTHON), "-m", "ruff", "check", *lint_paths()])
         run([str(PYTHON), "-m", "mypy"])
         run([str(PYTHON), "-m", "pytest", *rest])
+    elif command == "docs":  # the reference documentation, as HTML, in build/docs/
+        run([str(PYTHON), "-m", "pdoc", "--docformat", "google", "-o",
+             str(ROOT / "build" / "docs"), "grapevine", "grapevine.book", "grapevine.auth",
+             "grapevine.model", "grapevine.events", "grapevine.stats", "grapevine.testing",
+             "grapevine.codec", "grapevine.wire"])
+        print(f"dev: reference documentation in {ROOT / 'build' / 'docs' / 'index.html'}")
     elif command == "bench":
         for script in sorted((ROOT / "tools").glob("bench_*.py")):
             run([str(PYTHON), str(script), *rest])

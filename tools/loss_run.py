@@ -128,12 +128,12 @@ def run_inside(args: argparse.Namespace) -> int:
                     mine = {leaf: book.checksum() for leaf, book in replica.items()}
                 stats = sub.stats()
                 reports.append({
-                    "synced": ok, "equal": mine == truth, "gaps": stats["gaps"],
-                    "missed_deltas": stats["missed_deltas"], "deltas": stats["deltas"],
-                    "gaps_resolved_by_summaries": stats["gaps_resolved"],
-                    "leaves_made_stale": stats["leaves_made_stale"],
-                    "suspects_proven": stats["suspects_proven"], "repairs": stats["repairs"],
-                    "kernel_drops": stats["kernel_drops"],
+                    "synced": ok, "equal": mine == truth, "gaps": stats.gaps,
+                    "missed_deltas": stats.missed_deltas, "deltas": stats.deltas,
+                    "gaps_resolved_by_summaries": stats.gaps_resolved,
+                    "leaves_made_stale": stats.leaves_made_stale,
+                    "suspects_proven": stats.suspects_proven, "repairs": stats.repairs,
+                    "kernel_drops": stats.kernel_drops,
                 })
     finally:
         for sub in subs:

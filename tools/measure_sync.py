@@ -2,6 +2,7 @@
 """How long a late joiner takes to sync, at the default snapshot rate, on loopback.
 
     python3 tools/measure_sync.py --leaves 1000 10000 --books-levels 10 --joins 5
+    python3 tools/measure_sync.py --leaves 1000 --snapshot-mb-per-s 1 8 32 --min-cycle-s 0.25 1
 
 A publisher starts with ``--leaves`` order books (each ``--books-levels`` levels a side) and
 publishes ``--rate`` deltas/s; after it has run a second, subscribers join one after another
@@ -22,16 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import Publisher, PublisherConfig, Subscriber
 from grapevine.book import OrderBookModel, encode_book
-from grapevine.testing import Market
+from grapevine.testing import Market, free_port
 
 
-def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
+def measure(leaves: int, levels: int, joins: int, rate: int, snapshot_bytes_per_s: float,
+            min_cycle_s: float) -> None:
     market = Market(leaves, seed=leaves, levels=levels)  # the demo's market
     initial = market.copy_books()
     leaf_bytes = sum(len(encode_book(book)) for book in initial.values()) // leaves
     model = OrderBookModel()
-    config = PublisherConfig()
-    endpoint = {"group": "239.255.74.1", "port": port}
+    config = PublisherConfig(snapshot_bytes_per_s=snapshot_bytes_per_s, min_cycle_s=min_cycle_s)
+    endpoint = {"group": "239.255.74.1", "port": free_port("239.255.74.1")}
     stop = threading.Event()
     times: list[float] = []
     with Publisher(model, initial=initial, config=config, **endpoint) as pub:
@@ -61,10 +63,11 @@ def measure(leaves: int, levels: int, joins: int, rate: int, port: int) -> None:
         finally:
             stop.set()
             worker.join()
-    cycle_s = run_s / max(stats["cycles"], 1)  # measured: budget, min_cycle_s and CPU bound it
+    cycle_s = run_s / max(stats.cycles, 1)  # measured: budget, min_cycle_s and CPU bound it
     print(f"{leaves:>6} leaves x ~{leaf_bytes} B ({levels} levels/side), "
-          f"snapshot budget {config.snapshot_bytes_per_s / 1e6:.0f} MB/s, "
-          f"measured cycle {cycle_s:.2f} s: "
+          f"snapshot budget {config.snapshot_bytes_per_s / 1e6:g} MB/s, "
+          f"min_cycle_s {min_cycle_s:g}, measured cycle {cycle_s:.2f} s, "
+          f"snapshot traffic {stats.snapshot_bytes / run_s / 1e6:.2f} MB/s: "
           f"sync median {statistics.median(times):.2f} s, min {min(times):.2f} s, "
           f"max {max(times):.2f} s over {len(times)} joins "
           f"(ratio to cycle: {statistics.median(times) / max(cycle_s, 1e-9):.2f})")
@@ -76,10 +79,16 @@ def main() -> int:
     parser.add_argument("--books-levels", type=int, default=10)
     parser.add_argument("--joins", type=int, default=5)
     parser.add_argument("--rate", type=int, default=5000)
-    parser.add_argument("--port", type=int, default=47700)
+    parser.add_argument("--snapshot-mb-per-s", type=float, nargs="+",
+                        default=[PublisherConfig.snapshot_bytes_per_s / 1e6])
+    parser.add_argument("--min-cycle-s", type=float, nargs="+",
+                        default=[PublisherConfig.min_cycle_s])
     args = parser.parse_args()
-    for index, leaves in enumerate(args.leaves):
-        measure(leaves, args.books_levels, args.joins, args.rate, args.port + index)
+    for leaves in args.leaves:
+        for budget in args.snapshot_mb_per_s:
+            for min_cycle_s in args.min_cycle_s:
+                measure(leaves, args.books_levels, args.joins, args.rate, budget * 1e6,
+                        min_cycle_s)
     return 0
 
 
