@@ -19,7 +19,14 @@ from collections import Counter
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from grapevine import DEFAULT_GROUP, DEFAULT_PORT, Status, StatusEvent, Subscriber
+from grapevine import (
+    DEFAULT_GROUP,
+    DEFAULT_PORT,
+    Status,
+    StatusEvent,
+    Subscriber,
+    SubscriberConfig,
+)
 from grapevine.book import BookDelta, OrderBook, OrderBookModel
 
 _EVENTS_PER_KIND_PER_S = 3
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", type=float, default=0.0,
                         help="fault injection: fraction of datagrams to drop (0..1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the loss RNG")
+    parser.add_argument("--no-retransmit", action="store_true",
+                        help="do not ask for lost datagrams: the snapshot cycle repairs loss")
     args = parser.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -85,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     updates = Updates()
     # Callbacks passed to the constructor are in place before the first datagram arrives.
     sub: Subscriber[OrderBook, BookDelta] = Subscriber(
-        OrderBookModel(), group=args.group, port=args.port, stream_id=args.stream,
+        OrderBookModel(), group=args.group, port=args.port,
+        config=SubscriberConfig(stream_id=args.stream, retransmit=not args.no_retransmit),
         drop_filter=drop, on_status=events.put, on_update=updates)
     print(f"listening on {args.group}:{args.port} stream {args.stream}"
           + (f" dropping {loss:.0%} of datagrams" if loss else ""), flush=True)
@@ -127,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{now - start:6.1f}s] {state}  fresh {fresh}/{total}  stale "
                       f"{stats.stale_leaves}  suspect {stats.suspect_leaves}  {rate:,.0f}"
                       f" updates/s  gaps {stats.gaps}  repairs {stats.repairs}  restarts "
-                      f"{stats.restarts}  dropped {stats.injected_drops}", flush=True)
+                      f"{stats.restarts}  dropped {stats.injected_drops}  resent "
+                      f"{stats.retransmitted_datagrams}", flush=True)
                 with sub.locked() as replica:
                     lines = [top_of_book(leaf_id, book, replica.is_fresh(leaf_id))
                              for leaf_id, book in replica.items()[: args.top]]

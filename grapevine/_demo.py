@@ -5,7 +5,9 @@ Everything runs in one process, on loopback multicast (interface 127.0.0.1, TTL 
 * one :class:`~grapevine.Publisher` of ``--instruments`` order books, fed by a seeded
   random market at ``--rate`` deltas per second;
 * three subscribers from the start: ``clean``, ``loss5%`` (each datagram dropped with
-  probability 5%) and ``bursty`` (runs of datagrams dropped now and then);
+  probability 5%; lost datagrams are sent again on request, SPEC §15) and ``bursty``
+  (runs of datagrams dropped now and then, with retransmission off: the snapshot cycle
+  repairs the books the loss touched);
 * a fourth, ``late``, joining at 30% of ``--duration``;
 * a publisher restart at 60% (close, which sends END_OF_SESSION, then a new session that
   starts from the same books);
@@ -32,7 +34,7 @@ from .book import BookDelta, OrderBook, OrderBookModel
 from .events import Status, StatusEvent
 from .publisher import Publisher
 from .stats import SubscriberStats
-from .subscriber import Subscriber
+from .subscriber import Subscriber, SubscriberConfig
 
 __all__ = ["add_arguments", "run"]
 
@@ -132,12 +134,14 @@ class _Tracked:
 
 
 def _start_subscriber(name: str, group: str, port: int,
-                      loss: RandomLoss | BurstLoss | None) -> _Tracked:
+                      loss: RandomLoss | BurstLoss | None, *,
+                      retransmit: bool = True) -> _Tracked:
     events: SimpleQueue[StatusEvent] = SimpleQueue()
     counter = _UpdateCounter()
     # Callbacks given to the constructor are in place before the first datagram arrives.
     sub: Subscriber[OrderBook, BookDelta] = Subscriber(
         OrderBookModel(), group=group, port=port, interface=DEFAULT_INTERFACE,
+        config=SubscriberConfig(retransmit=retransmit),
         drop_filter=loss, on_status=events.put, on_update=counter)
     now = time.monotonic()
     return _Tracked(name, sub, now, loss, events=events, counter=counter, sync_from=now)
@@ -294,7 +298,7 @@ def _converge(pub: Publisher[OrderBook, BookDelta], subs: list[_Tracked],
 
 def _print_results(results: list[_Result], console: _Console) -> bool:
     console.say("")
-    console.say("subscriber  synced  gaps  missed  made stale  repairs  restarts  "
+    console.say("subscriber  synced  resent  gaps  missed  made stale  repairs  restarts  "
                 "first sync  books equal")
     ok = True
     for r in results:
@@ -303,10 +307,12 @@ def _print_results(results: list[_Result], console: _Console) -> bool:
         first = f"{r.first_sync:.2f} s" if r.first_sync is not None else "never"
         equal = (f"Y ({r.books}/{r.books})" if r.mismatches == 0
                  else f"N ({r.mismatches} of {r.books} differ)")
-        console.say(f"{r.name:<10}  {'yes' if r.synced else 'NO':<6}  {r.stats.gaps:>4}  "
+        console.say(f"{r.name:<10}  {'yes' if r.synced else 'NO':<6}  "
+                    f"{r.stats.retransmitted_datagrams:>6}  {r.stats.gaps:>4}  "
                     f"{r.stats.missed_deltas:>6}  {r.stats.leaves_made_stale:>10}  "
                     f"{r.stats.repairs:>7}  {r.stats.restarts:>8}  {first:>10}  {equal}")
-    console.say("(made stale: books that missed changes in a gap; repairs: books rebuilt from")
+    console.say("(resent: lost datagrams the publisher sent again on request, so no gap;")
+    console.say(" made stale: books that missed changes in a gap; repairs: books rebuilt from")
     console.say(" a snapshot. Books a gap only made suspect, proven by their next delta, and")
     console.say(" first installs at start-up or after the restart are not counted.)")
     console.say("")
@@ -344,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
         subs = [
             _start_subscriber("clean", group, port, None),
             _start_subscriber("loss5%", group, port, RandomLoss(0.05, seed * 7919 + 1)),
-            _start_subscriber("bursty", group, port, BurstLoss(seed * 7919 + 2)),
+            _start_subscriber("bursty", group, port, BurstLoss(seed * 7919 + 2),
+                              retransmit=False),
         ]
         for tracked in subs:
             stack.enter_context(tracked.sub)

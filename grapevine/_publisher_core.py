@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic
 
@@ -27,6 +27,7 @@ from sortedcontainers import SortedDict
 
 from . import wire
 from ._errors import ConfigError, EncodeError, LeafIdError, QueueFullError, UnknownLeafError
+from ._retransmit import DatagramRing, RetransmitServer
 from ._stream_id import check_stream_id
 from .auth import KeyRing, sign
 from .codec import (
@@ -90,6 +91,17 @@ class PublisherConfig:
     keys: KeyRing | None = None
     """Sign every datagram with the ring's signing key (SPEC §9); None: unauthenticated.
     The trailer takes 20 of the ``max_datagram_size`` bytes."""
+    retransmit_datagrams: int = 4096
+    """Recent delta datagrams kept to answer retransmission requests (SPEC §15), at most;
+    0 turns retransmission off. Holes older than what is kept are repaired by snapshots."""
+    retransmit_bytes: int = 8 << 20
+    """Bytes of recent datagrams kept, at most (the oldest go first)."""
+    retransmit_answer_datagrams: int = 64
+    """Datagrams sent in answer to one request, at most (the requester asks again for the
+    rest)."""
+    retransmit_bytes_per_s: float = 10e6
+    """Answer bytes per second for one requester (burst 256 KiB); requests beyond are
+    dropped. It bounds what anyone forging requests can make the publisher send."""
 
     def __post_init__(self) -> None:
         check_stream_id(self.stream_id)
@@ -113,6 +125,10 @@ class PublisherConfig:
             raise ConfigError("linger_s must be between 0 and 1 second")
         if not 0 <= self.touched_interval_s <= 10:
             raise ConfigError("touched_interval_s must be between 0 (off) and 10 seconds")
+        if (self.retransmit_datagrams < 0 or self.retransmit_bytes < 1
+                or self.retransmit_answer_datagrams < 1 or self.retransmit_bytes_per_s <= 0):
+            raise ConfigError("retransmit_datagrams must be >= 0 (0: off) and the other "
+                              "retransmit limits positive")
 
 
 @dataclass
@@ -184,6 +200,15 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._queued_deltas = 0
         self._queued_delta_bytes = 0
         self._builder = DatagramBuilder(self.config.stream_id, self.session_id, room)
+        # Recent delta datagrams and the server that answers requests for them (SPEC §15).
+        self.retransmit_server: RetransmitServer | None = None
+        if self.config.retransmit_datagrams:
+            self.retransmit_server = RetransmitServer(
+                DatagramRing(self.config.retransmit_datagrams, self.config.retransmit_bytes),
+                stream_id=self.config.stream_id, keys=self.keys,
+                max_answer_datagrams=self.config.retransmit_answer_datagrams,
+                bytes_per_s=self.config.retransmit_bytes_per_s)
+            self.retransmit_server.session_id = self.session_id
         self._fragment_room = room - HEADER_SIZE - SNAPSHOT_OVERHEAD
         # Snapshot cycle state.
         self.cycle_id = 0
@@ -274,6 +299,17 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if not isinstance(keys, KeyRing):
             raise ConfigError(f"keys must be a grapevine.KeyRing, not {keys!r}")
         self.keys = keys
+        if self.retransmit_server is not None:
+            self.retransmit_server.set_keys(keys)
+
+    def answer(self, request: bytes | bytearray | memoryview, requester: Hashable,
+               now: float, send_time_ns: int = 0) -> list[bytes]:
+        """The packets that answer a retransmission request from ``requester`` (an
+        address): the original datagrams, or UNAVAILABLE. Never raises on bad input."""
+        server = self.retransmit_server
+        if server is None:
+            return []
+        return server.handle(request, requester, now, send_time_ns or max(1, round(now * 1e9)))
 
     def next_datagram(self, now: float, send_time_ns: int = 0) -> memoryview | None:
         """The next datagram to send at time ``now``, or None if nothing is due.
@@ -363,7 +399,8 @@ class PublisherCore(Generic[LeafT, DeltaT]):
 
     def _pack(self, now: float, send_time_ns: int) -> memoryview:
         builder = self._builder
-        builder.start(self._packed_seq)
+        first = self._packed_seq
+        builder.start(first)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             # A busy stream also carries a heartbeat once per interval, so receivers
             # always learn the interval (and derive their silence timeout) from it.
@@ -399,7 +436,10 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             self._queued_deltas -= packed
             self._queued_delta_bytes -= builder.delta_bytes
             self.stats.delta_datagrams += 1
-        return self._finish(now, send_time_ns)
+        datagram = self._finish(now, send_time_ns)
+        if packed and self.retransmit_server is not None:
+            self.retransmit_server.ring.add(first, first + packed, bytes(datagram))
+        return datagram
 
     def _pack_fragment(self, item: _QueuedSnapshot) -> bool:
         """Pack as much of a queued snapshot as fits; True once all of it is packed."""

@@ -106,14 +106,27 @@ class ReorderBuffer:
         if self._heap:
             self.hole_since = now
 
-    def gap_end(self, now: float) -> int | None:
-        """Where a gap ends if the hole should be declared one now, else None."""
+    def gap_end(self, now: float, window_s: float | None = None) -> int | None:
+        """Where a gap ends if the hole should be declared one now, else None. ``window_s``
+        overrides the reorder window (longer while a retransmission may fill the hole)."""
         heap = self._heap
         if not heap or not self._confirmed:
             return None
-        if now - self.hole_since < self.window_s and len(heap) < self.window_datagrams:
+        window = self.window_s if window_s is None else window_s
+        if now - self.hole_since < window and len(heap) < self.window_datagrams:
             return None
         return heap[0].sequence
+
+    def missing(self, expected: int) -> list[tuple[int, int]]:
+        """The ranges of DELTA sequences, ``(first, end)``, that the held datagrams show
+        missing from ``expected`` on: what a retransmission could fill. O(n log n)."""
+        ranges: list[tuple[int, int]] = []
+        cursor = expected
+        for held in sorted(self._heap):
+            if held.sequence > cursor:
+                ranges.append((cursor, held.sequence))
+            cursor = max(cursor, held.sequence + held.deltas)
+        return ranges
 
     def drop_unconfirmed(self, now: float, max_age_s: float) -> int:
         """Drop datagrams held longer than ``max_age_s`` that nothing confirmed."""
@@ -130,7 +143,7 @@ class ReorderBuffer:
         self.hole_since = now
         return dropped
 
-    def next_deadline(self, max_age_s: float) -> float | None:
+    def next_deadline(self, max_age_s: float, window_s: float | None = None) -> float | None:
         """When a timer next matters: the window's end once confirmed (then a gap is
         declared), else the oldest datagram's expiry. The window's end alone declares
         nothing while unconfirmed, so it must not be returned: it would be in the past
@@ -138,7 +151,7 @@ class ReorderBuffer:
         if not self._heap:
             return None
         if self._confirmed:
-            return self.hole_since + self.window_s
+            return self.hole_since + (self.window_s if window_s is None else window_s)
         return self._oldest + max_age_s
 
     def clear(self) -> None:

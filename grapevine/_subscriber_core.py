@@ -44,6 +44,7 @@ from ._errors import ConfigError, DecodeError, UnknownLeafError
 from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
+from ._retransmit import RepairRequester
 from ._stream_id import check_stream_id
 from .auth import KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode_datagram
@@ -112,6 +113,22 @@ class SubscriberConfig:
     replay_window_s: float = 2.0
     """With keys: a datagram is accepted once, and not if its send time is more than this
     much older than the newest accepted of its session (SPEC §9, replay)."""
+    retransmit: bool = True
+    """Ask for the datagrams of a hole to be sent again (SPEC §15) before declaring it a
+    gap: a hole repaired in time leaves no leaf stale. False: the snapshot cycle repairs."""
+    retransmit_wait_s: float = 0.06
+    """How long a hole may wait for retransmission before it is a gap (then the snapshot
+    cycle repairs what it touched). Deltas behind a hole wait too: this bounds the delay."""
+    retransmit_delay_s: float = 0.001
+    """The first request for a hole goes out after a random delay up to this, so the many
+    receivers that lost the same datagram do not all ask at the same instant."""
+    retransmit_timeout_s: float = 0.01
+    """A request unanswered for about this long is repeated (the interval doubles, with
+    random jitter of ±50%), up to ``retransmit_attempts`` requests."""
+    retransmit_attempts: int = 3
+    """Requests per hole before giving up on retransmission."""
+    retransmit_max_deltas: int = 8192
+    """Holes of more DELTAs than this are not asked for: the snapshot cycle is cheaper."""
 
     def __post_init__(self) -> None:
         check_stream_id(self.stream_id)
@@ -121,6 +138,12 @@ class SubscriberConfig:
             raise ConfigError("replay_window_s must be between 0 and 3600 seconds")
         if self.reorder_window_s < 0 or self.reorder_window_datagrams < 2:
             raise ConfigError("reorder window must be >= 0 s and >= 2 datagrams")
+        if not (0 <= self.retransmit_wait_s <= 10 and 0 <= self.retransmit_delay_s <= 1
+                and 0 < self.retransmit_timeout_s <= 10 and self.retransmit_attempts >= 1
+                and self.retransmit_max_deltas >= 1):
+            raise ConfigError("retransmit_wait_s must be in 0..10 s, retransmit_delay_s in "
+                              "0..1 s, retransmit_timeout_s in (0, 10] s, and "
+                              "retransmit_attempts and retransmit_max_deltas positive")
         for name in ("silence_timeout_s", "restart_grace_s", "lag_warning_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -172,6 +195,8 @@ class SubscriberCounters:
     bad_tags: int = 0  # with keys: the tag did not verify (forged or corrupted), dropped
     replayed: int = 0  # with keys: seen before, or older than the replay window, dropped
     resyncs: int = 0  # the whole state was distrusted and rebuilt (resync events)
+    retransmit_requests: int = 0  # ranges asked for again (SPEC §15)
+    retransmit_unavailable: int = 0  # UNAVAILABLE answers: those holes fall back to snapshots
 
 
 class _Leaf:
@@ -210,6 +235,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self.updates: list[tuple[int, UpdateKind, Any, Any, int, int]] = []
         self._send_time_ns = 0  # publisher clock of the datagram being processed (0: none)
         self.events: list[StatusEvent] = []
+        # Ranges (first_seq, end_seq) of the current session to ask a retransmission
+        # server for; the runtime sends them (SPEC §15).
+        self.requests: list[tuple[int, int]] = []
         self.leaves: SortedDict[int, _Leaf] = SortedDict()
         self.session_id: int | None = None
         self.synced = False
@@ -340,8 +368,32 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def next_poll(self, now: float) -> float:
         """The latest time :meth:`poll` should run next."""
         deadline = now + max(self.silence_timeout_s / 4, 0.005)
-        hole = self._reorder.next_deadline(self.restart_grace_s)
-        return deadline if hole is None else min(deadline, hole)
+        hole = self._reorder.next_deadline(self.restart_grace_s, self._gap_window())
+        if hole is not None:
+            deadline = min(deadline, hole)
+        requester = self._requester
+        if requester:
+            due = requester.next_deadline()
+            if due is not None:
+                deadline = min(deadline, due)
+        return deadline
+
+    def retransmit_unavailable(self, session_id: int, first_seq: int, end_seq: int,
+                               now: float) -> None:
+        """A retransmission server does not hold ``[first_seq, end_seq)`` of
+        ``session_id``: those holes become gaps without waiting (SPEC §15)."""
+        if self._requester is not None and session_id == self.session_id:
+            self.stats.retransmit_unavailable += 1
+            self._requester.unavailable(first_seq, end_seq)
+        self._run_timers(now)
+
+    def _gap_window(self) -> float:
+        """How long a confirmed hole waits before it is a gap: longer while retransmission
+        may still fill it."""
+        requester = self._requester
+        if requester and requester.waiting():
+            return max(self.config.reorder_window_s, self.config.retransmit_wait_s)
+        return self.config.reorder_window_s
 
     def resync(self, now: float, reason: str = "requested") -> None:
         """Distrust the whole replica and rebuild it from the stream (the session stays).
@@ -446,6 +498,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._behind_since = None
         self._reorder = ReorderBuffer(window_s=config.reorder_window_s,
                                       window_datagrams=config.reorder_window_datagrams)
+        self._requester: RepairRequester | None = None
+        if config.retransmit:
+            self._requester = RepairRequester(
+                delay_s=config.retransmit_delay_s, timeout_s=config.retransmit_timeout_s,
+                attempts=config.retransmit_attempts, max_deltas=config.retransmit_max_deltas)
         self._gaps = GapLedger()
         self._chain = TouchedChain()
         # Leaf-set coverage set aside at the first unresolved gap, restored if summaries
@@ -531,10 +588,20 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             dropped = reorder.drop_unconfirmed(now, self.restart_grace_s)
             if dropped:
                 self.stats.unconfirmed_datagrams += dropped
-            end = reorder.gap_end(now)
+            requester = self._requester
+            if requester is not None and self.expected is not None:
+                requester.update(reorder.missing(self.expected), now)
+                due = requester.due(now)
+                if due:
+                    self.requests.extend(due)
+                    self.stats.retransmit_requests += len(due)
+            window = self._gap_window()
+            end = reorder.gap_end(now, window)
             while end is not None:
                 self._declare_gap(end, now)
-                end = reorder.gap_end(now)
+                end = reorder.gap_end(now, window)
+        elif self._requester:
+            self._requester.clear()
         self._update_synced(now)
 
     def _drain(self, now: float) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "free_port",
     "open_receiver",
     "open_sender",
+    "open_unicast",
 ]
 
 log = logging.getLogger("grapevine")
@@ -78,8 +79,13 @@ def free_port(group: str) -> int:
 
 
 def open_sender(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
-                ttl: int = 0) -> socket.socket:
-    """A UDP socket connected to group:port, sending through ``interface`` with ``ttl``."""
+                ttl: int = 0, connected: bool = True) -> socket.socket:
+    """A UDP socket sending to group:port through ``interface`` with ``ttl``.
+
+    Connected (``send``), unless ``connected=False``: then it is only bound, so it can
+    also receive unicast on its address (retransmission requests, SPEC §15), and sends
+    with ``sendto``.
+    """
     check_endpoint(group, port, interface)
     if not 0 <= ttl <= 255:
         raise ConfigError(f"ttl {ttl} must be in 0..255")
@@ -89,10 +95,24 @@ def open_sender(group: str, port: int, *, interface: str = DEFAULT_INTERFACE,
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         sock.bind((interface, 0))
-        sock.connect((group, port))
+        if connected:
+            sock.connect((group, port))
     except OSError as exc:
         sock.close()
         raise _network_error(exc, "send to", group, port, interface) from exc
+    return sock
+
+
+def open_unicast(interface: str = DEFAULT_INTERFACE) -> socket.socket:
+    """A UDP socket bound to an ephemeral port on ``interface``: the subscriber's end of
+    retransmission (requests out, answers in; SPEC §15)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.bind((interface, 0))
+    except OSError as exc:
+        sock.close()
+        raise _network_error(exc, "bind a unicast socket for retransmission", interface, 0,
+                             interface) from exc
     return sock
 
 
@@ -104,13 +124,16 @@ class ReceiveSocket:
         self.buffer_size = buffer_size
         self.drops_supported = drops_supported
         self.kernel_drops = 0
+        self.last_address: tuple[str, int] | None = None  # the source of the last datagram
         self._ancillary = socket.CMSG_SPACE(_U32.size) if drops_supported else 0
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Read one datagram into ``buffer``; updates :attr:`kernel_drops`."""
         if not self._ancillary:
-            return self.sock.recv_into(buffer)
-        size, ancdata, _flags, _address = self.sock.recvmsg_into([buffer], self._ancillary)
+            size, self.last_address = self.sock.recvfrom_into(buffer)
+            return size
+        size, ancdata, _flags, self.last_address = self.sock.recvmsg_into([buffer],
+                                                                         self._ancillary)
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
                 self.kernel_drops = _U32.unpack_from(data)[0]

@@ -321,9 +321,9 @@ def sign(datagram: bytes | bytearray | memoryview, ring: KeyRing) -> bytes:
             datagram.format != "B" or datagram.ndim != 1 or not datagram.c_contiguous):
         datagram = datagram.tobytes()
     size = len(datagram)
-    if size < _HEADER_SIZE or datagram[:4] != wire.MAGIC:
-        raise EncodeError(f"sign needs a complete datagram; got {size} bytes that do not "
-                          "start with a Grapevine header")
+    if size < _HEADER_SIZE or datagram[:4] not in (wire.MAGIC, wire.RETRANSMIT_MAGIC):
+        raise EncodeError(f"sign needs a complete datagram or retransmission packet; got "
+                          f"{size} bytes that do not start with a Grapevine header")
     flags = datagram[_FLAGS_OFFSET]
     if flags & _AUTH:
         raise EncodeError("the datagram already has the AUTH flag (signed twice?)")

@@ -40,12 +40,14 @@ Usage::
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Generic, Literal, NoReturn
 
+from . import wire
 from ._errors import (
     ClosedError,
     ConfigError,
@@ -105,7 +107,15 @@ class Publisher(Generic[LeafT, DeltaT]):
         self._core: PublisherCore[LeafT, DeltaT] = PublisherCore(
             model, self.config, initial=initial, now=time.monotonic()
         )
-        self._socket = open_sender(group, port, interface=interface, ttl=ttl)
+        # With retransmission the socket is not connected: it also receives the requests,
+        # at the address subscribers see as the stream's source (SPEC §15).
+        serving = self._core.retransmit_server is not None
+        self._socket = open_sender(group, port, interface=interface, ttl=ttl,
+                                   connected=not serving)
+        destination = (group, port)
+        sock = self._socket
+        self._send: Callable[[bytes | memoryview], object] = (
+            (lambda data: sock.sendto(data, destination)) if serving else sock.send)
         self.group, self.port, self.stream_id = group, port, stream_id
         self._on_full = on_full
         self._publish_timeout = publish_timeout
@@ -125,7 +135,14 @@ class Publisher(Generic[LeafT, DeltaT]):
             target=self._send_loop, daemon=True,
             name=f"grapevine-sender[{group}:{port}/{stream_id}]",
         )
+        self._retransmitter: threading.Thread | None = None
+        if serving:
+            self._retransmitter = threading.Thread(
+                target=self._answer_loop, daemon=True,
+                name=f"grapevine-retransmit[{group}:{port}/{stream_id}]")
         self._thread.start()
+        if self._retransmitter is not None:
+            self._retransmitter.start()
 
     # ------------------------------------------------------------------ user side
 
@@ -227,7 +244,14 @@ class Publisher(Generic[LeafT, DeltaT]):
             leaves = len(self._core.leaves)
             cycle_id = self._core.cycle_id
             failing = len(self._core.snapshot_failures)
+            server = self._core.retransmit_server
+            retransmit = ((server.requests, server.datagrams_sent, server.unavailable,
+                           server.refused) if server is not None else (0, 0, 0, 0))
         return PublisherStats(taken_at=taken_at, **counters, send_errors=self.send_errors,
+                              retransmit_requests=retransmit[0],
+                              retransmitted_datagrams=retransmit[1],
+                              retransmit_unavailable=retransmit[2],
+                              retransmit_refused=retransmit[3],
                               queued_deltas=queued, leaves=leaves, cycle_id=cycle_id,
                               snapshot_failing_leaves=failing)
 
@@ -273,6 +297,8 @@ class Publisher(Generic[LeafT, DeltaT]):
             # rather than send on a closed socket (subscribers see the session fall silent).
             log.warning("grapevine publisher closed with %d deltas unsent after %.1f s",
                         self._core.queued_deltas, timeout)
+        if self._retransmitter is not None:
+            self._retransmitter.join(timeout)
         self._socket.close()
         if unreported:
             with self._lock:
@@ -352,7 +378,7 @@ class Publisher(Generic[LeafT, DeltaT]):
 
     def _run_sender(self) -> None:
         core = self._core
-        sock = self._socket
+        send = self._send
         clock = time.monotonic
         lock = self._lock
         while True:
@@ -394,12 +420,43 @@ class Publisher(Generic[LeafT, DeltaT]):
             if datagram is None:
                 continue
             try:
-                sock.send(datagram)
+                send(datagram)
             except OSError as exc:
                 self.send_errors += 1
                 if self.send_errors == 1 or self.send_errors % 1000 == 0:
                     log.warning("grapevine send failed (%d so far): %s", self.send_errors, exc)
         self._send_end_of_session()
+
+    def _answer_loop(self) -> None:
+        """Answer retransmission requests (SPEC §15) until the publisher closes."""
+        sock = self._socket
+        core = self._core
+        # The sender thread shares this socket, so it stays blocking (a socket timeout
+        # would apply to its sends too): select() bounds the wait instead.
+        while self._serving():
+            try:
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if not readable:
+                    continue
+                request, requester = sock.recvfrom(wire.MAX_DATAGRAM_SIZE + 1)
+            except (OSError, ValueError):  # ValueError: select on a socket closed meanwhile
+                if not self._serving():
+                    return
+                continue
+            try:
+                with self._lock:
+                    answers = core.answer(request, requester, time.monotonic(), time.time_ns())
+                for packet in answers:
+                    sock.sendto(packet, requester)
+            except OSError as exc:
+                self.send_errors += 1
+                log.warning("grapevine could not answer a retransmission request from %s: %s",
+                            requester, exc)
+            except Exception:  # a bug must not end retransmission: log it and go on
+                log.exception("grapevine internal error answering a retransmission request")
+
+    def _serving(self) -> bool:
+        return not (self._stopping or self._closed)
 
     def _send_end_of_session(self) -> None:
         with self._lock:
@@ -411,7 +468,7 @@ class Publisher(Generic[LeafT, DeltaT]):
                        for copy in range(1, _END_OF_SESSION_COPIES)]
         for final in copies:
             try:
-                self._socket.send(final)
+                self._send(final)
             except OSError as exc:
                 self.send_errors += 1
                 log.warning("grapevine end-of-session send failed: %s", exc)

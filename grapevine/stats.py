@@ -147,6 +147,14 @@ class SubscriberStats(_Counters):
     resyncs: int
     """Whole-state rebuilds after distrust or :meth:`Subscriber.resync` (RESYNC)."""
 
+    # -- retransmission (SPEC §15)
+    retransmit_requests: int
+    """Ranges asked for again from the retransmission server."""
+    retransmit_unavailable: int
+    """UNAVAILABLE answers: the server no longer held the range (snapshots repair it)."""
+    retransmitted_datagrams: int
+    """Datagrams received from the retransmission server (used or not)."""
+
     # -- evidence against the replica (each repaired; see LEAF_DIVERGED)
     divergences: int
     """Times evidence contradicted a leaf reported fresh: it was wrong, and is repaired."""
@@ -212,6 +220,15 @@ class PublisherStats(_Counters):
     """``encode_leaf`` calls that raised (that leaf's snapshot was skipped)."""
     send_errors: int
     """Datagrams the socket refused to send (logged)."""
+    retransmit_requests: int
+    """Valid retransmission requests received (SPEC §15)."""
+    retransmitted_datagrams: int
+    """Datagrams sent again in answer to requests."""
+    retransmit_unavailable: int
+    """Requests answered UNAVAILABLE (the range was no longer held)."""
+    retransmit_refused: int
+    """Requests dropped unanswered: malformed, unauthenticated, for another stream, or
+    over the requester's rate limit."""
     queued_deltas: int = field(metadata=_GAUGE)
     """Deltas published but not yet sent (now)."""
     leaves: int = field(metadata=_GAUGE)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -43,11 +44,18 @@ from ._dispatch import (
     Wakeup,
     drain,
 )
-from ._errors import ClosedError, ConfigError, LeafIdError
+from ._errors import ClosedError, ConfigError, DecodeError, LeafIdError
+from ._retransmit import RetransmitMessage, decode_retransmit, encode_retransmit
 from ._stream_id import config_for_stream
 from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberCounters
-from ._transport import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, open_receiver
-from .auth import KeyRing
+from ._transport import (
+    DEFAULT_GROUP,
+    DEFAULT_INTERFACE,
+    DEFAULT_PORT,
+    open_receiver,
+    open_unicast,
+)
+from .auth import KeyRing, Verdict, Verifier
 from .events import Status, StatusEvent, Update, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 from .stats import SubscriberStats
@@ -123,6 +131,10 @@ class Subscriber(Generic[LeafT, DeltaT]):
             registered later with :meth:`on_update` / :meth:`on_status` miss earlier events).
         on_leaf: per-leaf callbacks registered before the receiver starts, as a mapping
             ``{leaf_id: callback}`` (each as :meth:`on_leaf` would register it).
+        retransmit_server: ``(address, port)`` to ask for lost datagrams (SPEC §15): a
+            replayer or repeater near this subscriber. Default: the publisher itself, at
+            the source address of the stream's datagrams. ``SubscriberConfig(retransmit=
+            False)`` turns retransmission off (the snapshot cycle then repairs all loss).
     """
 
     def __init__(
@@ -141,6 +153,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
         on_update: LeafCallback[LeafT, DeltaT] | None = None,
         on_status: StatusCallback | None = None,
         on_leaf: Mapping[int, LeafCallback[LeafT, DeltaT]] | None = None,
+        retransmit_server: tuple[str, int] | None = None,
     ) -> None:
         if not isinstance(model, LeafModel):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
@@ -159,6 +172,22 @@ class Subscriber(Generic[LeafT, DeltaT]):
         self._core: SubscriberCore[LeafT, DeltaT] = SubscriberCore(model, self.config)
         self._socket = open_receiver(group, port, interface=interface,
                                      buffer_bytes=receive_buffer_bytes)
+        # Retransmission (SPEC §15): requests go out of, and answers come back to, a
+        # unicast socket of its own, read by the repair thread.
+        self._repair_socket: socket.socket | None = None
+        if self.config.retransmit:
+            try:
+                self._repair_socket = open_unicast(interface)
+            except Exception:
+                self._socket.close()
+                raise
+        self._retransmit_server = retransmit_server
+        self._stream_source: tuple[str, int] | None = None  # where in-order datagrams come from
+        self.retransmitted_datagrams = 0
+        self._request_errors = 0
+        # The ring that signs requests and checks UNAVAILABLE answers (set_keys rotates it).
+        self._keys = self.config.keys
+        self._repair_verifier = Verifier(self._keys) if self._keys is not None else None
         self._lock = threading.Lock()
         self._synced = threading.Condition(self._lock)
         self._callbacks = Callbacks()
@@ -190,7 +219,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
             self._handoff = Handoff(max_callback_backlog, self._wakeup)
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
                                           name=f"grapevine-receiver[{label}]")
+        self._repairer: threading.Thread | None = None
+        if self._repair_socket is not None:
+            self._repairer = threading.Thread(target=self._repair_loop, daemon=True,
+                                              name=f"grapevine-repair[{label}]")
         self._receiver.start()
+        if self._repairer is not None:
+            self._repairer.start()
 
     # ------------------------------------------------------------------ callbacks
 
@@ -448,6 +483,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
         self._check_open()
         with self._lock:
             self._core.set_keys(keys)
+            self._keys = keys
+            if self._repair_verifier is not None:
+                self._repair_verifier.ring = keys
 
     def stats(self) -> SubscriberStats:
         """Every counter and gauge, as one frozen :class:`~grapevine.stats.SubscriberStats`.
@@ -467,6 +505,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
             callback_errors=self._callbacks.errors,
             conflated_updates=handoff.conflated if handoff else 0,
             internal_errors=self.internal_errors,
+            retransmitted_datagrams=self.retransmitted_datagrams,
             stale_leaves=stale, suspect_leaves=suspect,
             callback_backlog=handoff.backlog if handoff else 0)
 
@@ -477,9 +516,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
         if self._closed:
             return
         self._closing.set()
-        if threading.current_thread() is not self._receiver:  # not from an inline callback
-            self._receiver.join(timeout=5)
+        current = threading.current_thread()
+        for thread in (self._receiver, self._repairer):  # not from an inline callback
+            if thread is not None and thread is not current:
+                thread.join(timeout=5)
         self._socket.close()
+        if self._repair_socket is not None:
+            self._repair_socket.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
         elif self._handoff is not None and self._wakeup is not None:
@@ -513,7 +556,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
             # Wake at least every 50 ms for the timers, every 2 ms while one is close.
             # settimeout is a system call, so it is only made when the value changes.
             now = clock()
-            wanted = 0.05 if core.next_poll(now) - now >= 0.05 else 0.002
+            until = core.next_poll(now) - now
+            wanted = 0.05 if until >= 0.05 else 0.002 if until >= 0.002 else 0.0005
             if wanted != timeout:
                 timeout = wanted
                 sock.settimeout(timeout)
@@ -539,16 +583,17 @@ class Subscriber(Generic[LeafT, DeltaT]):
                         core.stats.malformed += 1
                         core.poll(now)
                     else:
+                        before = core.expected
                         core.receive(view[:size], now)  # runs the timers too
-                    updates, events = core.updates, core.events
-                    if updates:
-                        core.updates = []
-                    if events:
-                        core.events = []
+                        if core.expected != before:  # taken in order: the stream's source
+                            self._stream_source = sock.last_address
+                    updates, events, requests = self._take_outputs()
                     if size >= 0:  # waiters check synced state and the applied sequence
                         self._synced.notify_all()
                 if events or updates:
                     self._deliver(updates, events)
+                if requests:
+                    self._send_requests(requests)
                 if core.stats.bad_payloads != reported.bad_payloads \
                         or core.stats.malformed != reported.malformed \
                         or _rejected(core.stats) != reported.rejected:
@@ -558,6 +603,89 @@ class Subscriber(Generic[LeafT, DeltaT]):
                 if self.internal_errors <= _LOGGED_IN_FULL or self.internal_errors % 1000 == 0:
                     log.exception("grapevine internal error in the receive path (%d so far)",
                                   self.internal_errors)
+
+    def _take_outputs(self) -> tuple[list[RawUpdate], list[StatusEvent], list[tuple[int, int]]]:
+        """What the core produced (called with the lock held); it starts afresh."""
+        core = self._core
+        updates, events, requests = core.updates, core.events, core.requests
+        if updates:
+            core.updates = []
+        if events:
+            core.events = []
+        if requests:
+            core.requests = []
+        return updates, events, requests
+
+    def _send_requests(self, ranges: list[tuple[int, int]]) -> None:
+        """Ask the retransmission server for the datagrams of these ranges (SPEC §15)."""
+        sock = self._repair_socket
+        server = self._retransmit_server or self._stream_source
+        session_id = self._core.session_id
+        if sock is None or server is None or session_id is None:
+            return
+        keys = self._keys
+        for first, end in ranges:
+            packet = encode_retransmit(RetransmitMessage(
+                wire.RetransmitKind.REQUEST, self.stream_id, session_id, first, end,
+                send_time_ns=time.time_ns()), keys)
+            try:
+                sock.sendto(packet, server)
+            except OSError as exc:
+                self._request_errors += 1
+                if self._request_errors == 1 or self._request_errors % 1000 == 0:
+                    log.warning("grapevine could not send a retransmission request to %s "
+                                "(%d so far): %s", server, self._request_errors, exc)
+
+    def _repair_loop(self) -> None:
+        """Read answers to retransmission requests: the original datagrams (fed to the core
+        like any other) or UNAVAILABLE (the hole becomes a gap without waiting)."""
+        sock = self._repair_socket
+        assert sock is not None
+        core = self._core
+        sock.settimeout(0.1)
+        while not self._closing.is_set():
+            try:
+                data, _source = sock.recvfrom(wire.MAX_DATAGRAM_SIZE + 1)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closing.is_set():
+                    return
+                continue
+            try:
+                with self._lock:
+                    now = time.monotonic()
+                    if data[:4] == wire.RETRANSMIT_MAGIC:
+                        self._on_retransmit_packet(data, self._repair_verifier, now)
+                    else:
+                        self.retransmitted_datagrams += 1
+                        core.receive(data, now)
+                    updates, events, requests = self._take_outputs()
+                    self._synced.notify_all()
+                if events or updates:
+                    self._deliver(updates, events)
+                if requests:
+                    self._send_requests(requests)
+            except Exception:  # a bug must not kill the repair thread: count and log it
+                self.internal_errors += 1
+                if self.internal_errors <= _LOGGED_IN_FULL or self.internal_errors % 1000 == 0:
+                    log.exception("grapevine internal error in the repair path (%d so far)",
+                                  self.internal_errors)
+
+    def _on_retransmit_packet(self, data: bytes, verifier: Verifier | None,
+                              now: float) -> None:
+        """An UNAVAILABLE answer (anything else on this socket with this magic is bad)."""
+        try:
+            packet = decode_retransmit(data)
+        except DecodeError:
+            self._core.stats.malformed += 1
+            return
+        if packet.kind != wire.RetransmitKind.UNAVAILABLE or packet.stream_id != self.stream_id \
+                or (verifier is not None and verifier.check(data) is not Verdict.ACCEPTED):
+            self._core.stats.malformed += 1
+            return
+        self._core.retransmit_unavailable(packet.session_id, packet.first_seq, packet.end_seq,
+                                          now)
 
     def _deliver(self, updates: list[RawUpdate], events: list[StatusEvent]) -> None:
         # Updates first: a SYNCED event follows the leaves that completed it.

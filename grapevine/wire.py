@@ -42,6 +42,10 @@ __all__ = [
     "TouchedEntry",
     "TouchedFields",
     "MAGIC",
+    "RETRANSMIT_MAGIC",
+    "RetransmitKind",
+    "RetransmitPacket",
+    "RetransmitFields",
     "MAX_DATAGRAM_SIZE",
     "DEFAULT_DATAGRAM_SIZE",
     "MAX_LEAF_ID",
@@ -71,6 +75,13 @@ class MessageKind(enum.IntEnum):
     HEARTBEAT = 3
     END_OF_SESSION = 4
     TOUCHED = 5
+
+
+class RetransmitKind(enum.IntEnum):
+    """Kinds of retransmission packets (SPEC §15): unicast, never part of a stream."""
+
+    REQUEST = 1  # receiver -> server: send me the datagrams of [first_seq, end_seq)
+    UNAVAILABLE = 2  # server -> receiver: not held; it holds [available_first, available_end)
 
 
 class HeaderFlag(enum.IntFlag):
@@ -151,6 +162,34 @@ AuthTrailer = Struct(
 # fmt: on
 
 AUTH_TRAILER_SIZE = AuthTrailer.sizeof()
+
+# Retransmission packets (SPEC §15) have their own magic, so that no stream receiver of any
+# version can take one for stream data. ``flags`` sits at the same offset as in the stream
+# header, so the same AUTH trailer (and the same signing and checking code) applies.
+RETRANSMIT_MAGIC = b"GRPR"
+
+# fmt: off
+RetransmitFields = Struct(
+    "magic" / Const(RETRANSMIT_MAGIC),
+    "version" / Int8ul,
+    "flags" / Int8ul,            # HeaderFlag: AUTH means an AuthTrailer ends the packet
+    "kind" / Int8ul,             # RetransmitKind
+    "reserved" / Int8ul,         # sent as 0, ignored
+    "stream_id" / Int32ul,
+    "session_id" / Int64ul,
+    "first_seq" / Int64ul,       # the DELTAs asked for: first_seq <= seq < end_seq
+    "end_seq" / Int64ul,
+    "available_first" / Int64ul, # UNAVAILABLE: the server holds first <= seq < end; else 0
+    "available_end" / Int64ul,
+    "send_time_ns" / Int64ul,    # sender's wall clock (Unix ns), for freshness
+)
+
+RetransmitPacket = Struct(
+    "packet" / RetransmitFields,
+    "auth" / If(this.packet.flags & int(HeaderFlag.AUTH), AuthTrailer),
+    Terminated,
+)
+# fmt: on
 
 # Keyed by plain ints (not enum members) so that construct's .compile() can emit them.
 _BODIES = {

@@ -48,8 +48,10 @@ from helpers import BlobModel, ChainModel
 from grapevine import wire
 from grapevine._errors import DecodeError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
+from grapevine._retransmit import RetransmitMessage, decode_retransmit, encode_retransmit
 from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
 from grapevine.codec import HEADER_SIZE, DatagramBuilder, Delta, Snapshot, Touched, decode_datagram
+from grapevine.model import LeafModel
 from grapevine.wire import MessageKind, SnapshotFlag
 
 Move = tuple[Any, ...]
@@ -58,7 +60,9 @@ LATENCY_US = 2_000  # every datagram takes 2 ms unless a move says otherwise
 POISON = 1 << 63  # a chain delta this large makes StrictChainModel.apply raise
 MAX_BLOB = 4096  # StrictBlobModel refuses leaves larger than this
 FOREIGN_SESSION = 0xF0_0000_0000  # forged session ids are FOREIGN_SESSION + small numbers
-DATAGRAM_CLASSES = ("any", "delta", "snapshot", "touched", "quiet", "heartbeat", "eos")
+# "retransmit": a datagram sent again by unicast in answer to a request (SPEC §15).
+DATAGRAM_CLASSES = ("any", "delta", "snapshot", "touched", "quiet", "heartbeat", "eos",
+                    "retransmit")
 
 
 # --------------------------------------------------------------------------- models
@@ -102,6 +106,12 @@ class StrictBlobModel(BlobModel):
         return super().decode_leaf(payload)
 
 
+def strict_model(kind: str) -> LeafModel[Any, Any]:
+    """The model of a scenario's ``model``: StrictChainModel for "chain", else
+    StrictBlobModel. Which one is known at run time only: leaves and deltas are Any."""
+    return StrictChainModel() if kind == "chain" else StrictBlobModel()
+
+
 def blob_delta(value: int) -> tuple[int, bytes]:
     """The blob delta a publish move's int stands for: up to 24 bytes somewhere in the
     first ~500, so leaves grow to a few hundred bytes and snapshots need fragments."""
@@ -126,6 +136,7 @@ class Scenario:
     leaf_pool: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, wire.MAX_LEAF_ID)
     initial_leaves: int = 4  # the first session starts with this many leaves (leaf_seq 0)
     min_cycle_s: float | None = None  # None: 0.05 s (chain) or 0.1 s (blob)
+    retransmit: bool = True  # the publisher answers requests; even subscribers ask (SPEC §15)
 
     @property
     def control_taints(self) -> bool:
@@ -138,16 +149,19 @@ class Scenario:
             min_cycle_s=self.min_cycle_s or (0.05 if self.model == "chain" else 0.1),
             heartbeat_interval_s=0.1,
             touched_interval_s=0.005 if self.touched else 0.0,
+            retransmit_datagrams=64 if self.retransmit else 0,  # small: ranges age out
         )
 
     def subscriber_config(self, index: int) -> SubscriberConfig:
         if index % 2 == 0:
-            return SubscriberConfig()  # the defaults users get
+            # The defaults users get (retransmission on, unless the scenario turns it off).
+            return SubscriberConfig(retransmit=self.retransmit)
         # Tight limits, so that overflow paths run: a short reorder window, few pending
-        # datagrams, small delta buffers, few and small reassemblies.
+        # datagrams, small delta buffers, few and small reassemblies; no retransmission,
+        # so the snapshot cycle repairs every loss.
         return SubscriberConfig(reorder_window_s=0.005, reorder_window_datagrams=8,
                                 max_buffered_deltas_per_leaf=16, max_snapshot_bytes=2048,
-                                max_reassemblies=4)
+                                max_reassemblies=4, retransmit=False)
 
 
 # --------------------------------------------------------------------------- wire surgery
@@ -401,7 +415,7 @@ class World:
 
     def __init__(self, scenario: Scenario | None = None) -> None:
         self.scenario = scenario = scenario or Scenario()
-        self.model: Any = StrictChainModel() if scenario.model == "chain" else StrictBlobModel()
+        self.model = strict_model(scenario.model)
         self.pub_config = scenario.publisher_config()
         self.now_us = 0
         self.trace: list[Move] = []
@@ -823,6 +837,24 @@ class World:
         for _ in range(copies):
             s.inflight.append(Flight(due, next(self._order), data, "honest", classes, ids))
 
+    def _request(self, s: Sub, first: int, end: int) -> None:
+        """A subscriber asks for [first, end) again: the request crosses its link (and may
+        be lost there), the publisher answers, and every answer crosses the link back
+        under the same faults as the stream (SPEC §15)."""
+        session_id = s.core.session_id
+        if session_id is None or (s.faults is not None and s.faults.rng.randrange(100)
+                                  < s.faults.loss):
+            return
+        request = encode_retransmit(RetransmitMessage(
+            wire.RetransmitKind.REQUEST, self.pub_config.stream_id, session_id, first, end))
+        for answer in self.pub.answer(request, s.index, self.now):
+            if answer[:4] == wire.RETRANSMIT_MAGIC:
+                classes, ids = frozenset({"any", "retransmit", "quiet"}), frozenset[int]()
+            else:
+                classes = classes_of(answer) | {"retransmit"}
+                ids = frozenset(leaf_ids_in(answer))
+            self._route(s, answer, classes, ids)
+
     def _inject(self, s: Sub, data: bytes, tag: str) -> None:
         s.inflight.append(Flight(self.now_us + LATENCY_US, next(self._order), data, tag,
                                  classes_of(data), frozenset(leaf_ids_in(data))))
@@ -897,6 +929,10 @@ class World:
         try:
             if data is None:
                 s.core.poll(self.now)
+            elif data[:4] == wire.RETRANSMIT_MAGIC:  # an UNAVAILABLE answer, as the runtime
+                packet = decode_retransmit(data)
+                s.core.retransmit_unavailable(packet.session_id, packet.first_seq,
+                                              packet.end_seq, self.now)
             else:
                 s.core.receive(data, self.now)
         except Exception as exc:  # noqa: BLE001 - anything escaping the core is the finding
@@ -909,7 +945,10 @@ class World:
                 if name == "events":
                     s.events.extend(items)
                 items.clear()
+        requests, s.core.requests = s.core.requests, []
         self.check(s)
+        for first, end in requests:
+            self._request(s, first, end)
 
     # ------------------------------------------------------------------ the oracle
 

@@ -14,7 +14,8 @@ from grapevine import ConfigError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import SubscriberConfig, SubscriberCore
 from grapevine.auth import Key, KeyRing, sign
-from grapevine.codec import DatagramBuilder, Snapshot, SnapshotFlag, decode_datagram
+from grapevine.codec import DatagramBuilder, Snapshot, decode_datagram
+from grapevine.wire import SnapshotFlag
 
 KEY_1 = Key(1, bytes(range(32)))
 KEY_2 = Key(2, bytes(range(32, 64)))

@@ -24,6 +24,7 @@ from grapevine.codec import (  # noqa: E402
     Delta,
     EndOfSession,
     Heartbeat,
+    Message,
     Snapshot,
     Touched,
     UnknownMessage,
@@ -281,7 +282,9 @@ def test_payloads_are_views_into_the_buffer() -> None:
     raw = bytearray(codec.encode_with_construct(
         Decoded(1, 0, 1, SESSION, 5, 0, [Delta(5, 1, 1, 0, b"abcd")])))
     decoded = codec.decode_datagram(raw)
-    payload = decoded.messages[0].payload  # type: ignore[union-attr]
+    message = decoded.messages[0]
+    assert isinstance(message, Delta)
+    payload = message.payload
     assert isinstance(payload, memoryview)
     raw[-1] = ord("z")
     assert bytes(payload) == b"abcz"
@@ -349,7 +352,7 @@ def test_construct_rejects_message_body_over_u16() -> None:
 
 
 def test_construct_rejects_datagram_over_udp_maximum() -> None:
-    big = [Delta(1, 1, 1, 0, bytes(40_000)), Delta(2, 1, 1, 0, bytes(40_000))]
+    big: list[Message] = [Delta(1, 1, 1, 0, bytes(40_000)), Delta(2, 1, 1, 0, bytes(40_000))]
     with pytest.raises(EncodeError, match="exceeds the UDP maximum"):
         codec.encode_with_construct(Decoded(1, 0, 1, SESSION, 1, 0, big))
     fill = wire.MAX_DATAGRAM_SIZE - codec.HEADER_SIZE - codec.DELTA_OVERHEAD
@@ -385,7 +388,9 @@ def test_builder_refuses_stream_sequences_past_2_64() -> None:
     builder.start(U64)
     assert builder.add_delta(1, 1, 0, b"a")  # stream sequence 2^64 - 1: the last one
     good = bytes(builder.finish(0))
-    assert codec.decode_datagram(good).messages[0].seq == U64  # type: ignore[union-attr]
+    message = codec.decode_datagram(good).messages[0]
+    assert isinstance(message, Delta)
+    assert message.seq == U64
     with pytest.raises(EncodeError, match="beyond 2"):
         builder.add_snapshot(Snapshot(3, 0, 1, 0, 1, 1, U64, 1, 0, SnapshotFlag.LAST, b"x"))
     with pytest.raises(EncodeError, match="beyond 2"):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import fast_publisher, wait_until
+from helpers import Endpoint, fast_publisher, wait_until
 
 from grapevine import (
     BytesModel,
@@ -33,7 +33,7 @@ from grapevine.stats import PublisherStats, SubscriberStats
 pytestmark = pytest.mark.network
 
 
-def test_updates_carry_the_stream_sequence_and_the_send_time(endpoint: dict[str, Any]) -> None:
+def test_updates_carry_the_stream_sequence_and_the_send_time(endpoint: Endpoint) -> None:
     model = BytesModel()
     got: list[Update[bytes, bytes]] = []
     every: list[Update[bytes, bytes]] = []
@@ -43,7 +43,13 @@ def test_updates_carry_the_stream_sequence_and_the_send_time(endpoint: dict[str,
             Publisher(model, config=fast_publisher(), **endpoint) as pub:
         sub.on_leaf(5, got.append, as_update=True)
         sub.on_update(every.append, as_update=True)
-        sub.on_leaf(5, lambda *args: (plain.append(args), done.set() if len(plain) == 3 else None))
+
+        def record(*args: Any) -> None:  # every argument, to check there are four
+            plain.append(args)
+            if len(plain) == 3:
+                done.set()
+
+        sub.on_leaf(5, record)
         before = time.time_ns()
         sequences = [pub.publish(5, b"v%d" % i) for i in range(3)]
         pub.publish(6, b"other")
@@ -62,7 +68,7 @@ def test_updates_carry_the_stream_sequence_and_the_send_time(endpoint: dict[str,
     assert changed[0]._fields[-2:] == ("sequence", "send_time_ns")
 
 
-def test_an_update_callback_can_be_cancelled(endpoint: dict[str, Any]) -> None:
+def test_an_update_callback_can_be_cancelled(endpoint: Endpoint) -> None:
     model = BytesModel()
     seen: list[Update[bytes, bytes]] = []
     with Subscriber(model, **endpoint) as sub, \
@@ -82,7 +88,7 @@ def test_an_update_callback_can_be_cancelled(endpoint: dict[str, Any]) -> None:
     assert len(seen) == count
 
 
-def test_pull_mode_runs_callbacks_on_the_calling_thread(endpoint: dict[str, Any]) -> None:
+def test_pull_mode_runs_callbacks_on_the_calling_thread(endpoint: Endpoint) -> None:
     model = BytesModel()
     threads: set[str] = set()
     statuses: list[StatusEvent] = []
@@ -110,7 +116,7 @@ def test_pull_mode_runs_callbacks_on_the_calling_thread(endpoint: dict[str, Any]
         assert values == {i: b"x%d" % (45 + i) for i in range(5)}
 
 
-def test_fileno_is_readable_exactly_when_handle_has_work(endpoint: dict[str, Any]) -> None:
+def test_fileno_is_readable_exactly_when_handle_has_work(endpoint: Endpoint) -> None:
     model = BytesModel()
     seen: list[int] = []
     with Subscriber(model, delivery="pull", **endpoint) as sub, \
@@ -135,7 +141,7 @@ def test_fileno_is_readable_exactly_when_handle_has_work(endpoint: dict[str, Any
 
 
 def test_close_wakes_a_blocked_handle_and_pull_calls_then_raise(
-        endpoint: dict[str, Any]) -> None:
+        endpoint: Endpoint) -> None:
     sub = Subscriber(BytesModel(), delivery="pull", **endpoint)
     returned = threading.Event()
     result: list[int] = []
@@ -156,7 +162,7 @@ def test_close_wakes_a_blocked_handle_and_pull_calls_then_raise(
     sub.close()  # idempotent
 
 
-def test_pull_calls_need_pull_delivery(endpoint: dict[str, Any]) -> None:
+def test_pull_calls_need_pull_delivery(endpoint: Endpoint) -> None:
     with Subscriber(BytesModel(), **endpoint) as sub:
         with pytest.raises(ConfigError, match="delivery='pull'"):
             sub.handle(0)
@@ -166,7 +172,7 @@ def test_pull_calls_need_pull_delivery(endpoint: dict[str, Any]) -> None:
         Subscriber(BytesModel(), delivery="later", **endpoint)  # type: ignore[arg-type]
 
 
-def test_pull_mode_conflates_when_the_user_falls_behind(endpoint: dict[str, Any]) -> None:
+def test_pull_mode_conflates_when_the_user_falls_behind(endpoint: Endpoint) -> None:
     model = BytesModel()
     latest: dict[int, tuple[UpdateKind, bytes | None]] = {}
     with Subscriber(model, delivery="pull", max_callback_backlog=20, **endpoint) as sub, \
@@ -186,7 +192,7 @@ def test_pull_mode_conflates_when_the_user_falls_behind(endpoint: dict[str, Any]
     assert any(kind is UpdateKind.CONFLATED for kind, _ in latest.values())
 
 
-def test_asyncio_iterates_updates_and_ends_on_close(endpoint: dict[str, Any]) -> None:
+def test_asyncio_iterates_updates_and_ends_on_close(endpoint: Endpoint) -> None:
     model = BytesModel()
     statuses: list[Status] = []
 
@@ -213,7 +219,7 @@ def test_asyncio_iterates_updates_and_ends_on_close(endpoint: dict[str, Any]) ->
     assert Status.SESSION_STARTED in statuses  # status callbacks ran in the loop too
 
 
-def test_asyncio_iteration_closed_from_another_thread(endpoint: dict[str, Any]) -> None:
+def test_asyncio_iteration_closed_from_another_thread(endpoint: Endpoint) -> None:
     sub = Subscriber(BytesModel(), delivery="pull", **endpoint)
 
     async def main() -> int:
@@ -232,7 +238,7 @@ def test_asyncio_iteration_closed_from_another_thread(endpoint: dict[str, Any]) 
 # ---------------------------------------------------------------------------- stats
 
 
-def test_stats_are_frozen_typed_and_take_rates(endpoint: dict[str, Any]) -> None:
+def test_stats_are_frozen_typed_and_take_rates(endpoint: Endpoint) -> None:
     model = BytesModel()
     with Subscriber(model, **endpoint) as sub, \
             Publisher(model, config=fast_publisher(), **endpoint) as pub:
@@ -276,7 +282,7 @@ def test_every_core_counter_is_a_documented_stats_field() -> None:
                     assert isinstance(following.value, ast.Constant), where
 
 
-def test_stats_do_not_walk_the_leaves(endpoint: dict[str, Any],
+def test_stats_do_not_walk_the_leaves(endpoint: Endpoint,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     model = BytesModel()
     with Subscriber(model, **endpoint) as sub, \

@@ -38,7 +38,7 @@ pytestmark = [
 SUBSCRIBERS = 3
 
 
-def assert_crossed_veth(report: dict) -> None:
+def assert_crossed_veth(report: dict[str, Any]) -> None:
     """The attacker was in the other namespace: the stream left through this end of the
     veth pair and every forgery came in through it."""
     config = report["config"]

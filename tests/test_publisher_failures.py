@@ -186,7 +186,7 @@ class FaultySocket:
         self.fail_next: BaseException | None = None  # raised by the next send, once
         self.os_errors = 0  # this many sends raise EPERM
 
-    def send(self, data: Any) -> int:
+    def _fault(self) -> None:
         if self.block:
             self.block = False
             self.blocked.set()
@@ -197,7 +197,22 @@ class FaultySocket:
         if self.os_errors:
             self.os_errors -= 1
             raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    def send(self, data: Any) -> int:
+        self._fault()
         return self.real.send(data)
+
+    def sendto(self, data: Any, address: Any) -> int:
+        # The stream goes out with sendto when the publisher also answers retransmission
+        # requests on this socket (SPEC §15).
+        self._fault()
+        return self.real.sendto(data, address)
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        return self.real.recvfrom(size)
 
     def close(self) -> None:
         self.real.close()

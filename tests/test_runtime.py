@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import ChainModel, fast_publisher, wait_until
+from helpers import ChainModel, Endpoint, fast_publisher, unnarrowed, wait_until
 
 from grapevine import (
     BytesModel,
@@ -29,7 +29,7 @@ from grapevine.auth import Key
 pytestmark = pytest.mark.network
 
 
-def test_subscribers_replicate_and_late_joiner_syncs(endpoint: dict[str, Any]) -> None:
+def test_subscribers_replicate_and_late_joiner_syncs(endpoint: Endpoint) -> None:
     model = ChainModel()
     with Publisher(model, config=fast_publisher(), **endpoint) as pub, \
             Subscriber(model, **endpoint) as first, Subscriber(model, **endpoint) as second:
@@ -43,14 +43,18 @@ def test_subscribers_replicate_and_late_joiner_syncs(endpoint: dict[str, Any]) -
             assert pub.flush(10)
             for sub in (first, second, late):
                 assert sub.wait_synced(10), sub.stats()
-                assert wait_until(lambda s=sub: s.values() == pub.values())  # type: ignore[misc]
+
+                def replicated(s: Subscriber[tuple[int, int], int] = sub) -> bool:
+                    return s.values() == pub.values()
+
+                assert wait_until(replicated)
             assert late.stats().deltas < first.stats().deltas
         finally:
             late.close()
         assert first.stats().internal_errors == 0
 
 
-def test_loss_is_detected_and_repaired(endpoint: dict[str, Any]) -> None:
+def test_loss_is_detected_and_repaired(endpoint: Endpoint) -> None:
     model = ChainModel()
     rng = random.Random(7)
     lossy = {"on": True}
@@ -77,7 +81,7 @@ def test_loss_is_detected_and_repaired(endpoint: dict[str, Any]) -> None:
         assert wait_until(lambda: any(e.kind is Status.GAP for e in events))
 
 
-def test_publisher_restart_rebuilds_the_replica(endpoint: dict[str, Any]) -> None:
+def test_publisher_restart_rebuilds_the_replica(endpoint: Endpoint) -> None:
     model = ChainModel()
     with Subscriber(model, **endpoint) as sub:
         events: list[StatusEvent] = []
@@ -97,7 +101,7 @@ def test_publisher_restart_rebuilds_the_replica(endpoint: dict[str, Any]) -> Non
         assert wait_until(lambda: any(e.kind is Status.RESTARTED for e in events))
 
 
-def test_callbacks_per_leaf_all_leaves_and_status(endpoint: dict[str, Any]) -> None:
+def test_callbacks_per_leaf_all_leaves_and_status(endpoint: Endpoint) -> None:
     model = BytesModel()
     seen_leaf: list[tuple[int, UpdateKind, Any, Any]] = []
     seen_all: list[int] = []
@@ -134,7 +138,7 @@ def test_callbacks_per_leaf_all_leaves_and_status(endpoint: dict[str, Any]) -> N
         assert stats.internal_errors == 0
 
 
-def test_slow_callbacks_conflate_instead_of_growing(endpoint: dict[str, Any]) -> None:
+def test_slow_callbacks_conflate_instead_of_growing(endpoint: Endpoint) -> None:
     model = ChainModel()
     release = threading.Event()
     delivered: list[tuple[int, UpdateKind]] = []
@@ -158,7 +162,7 @@ def test_slow_callbacks_conflate_instead_of_growing(endpoint: dict[str, Any]) ->
             assert sub.values() == pub.values()
 
 
-def test_inline_delivery(endpoint: dict[str, Any]) -> None:
+def test_inline_delivery(endpoint: Endpoint) -> None:
     model = BytesModel()
     threads: set[str] = set()
     got = threading.Event()
@@ -176,7 +180,7 @@ def test_inline_delivery(endpoint: dict[str, Any]) -> None:
 
 
 def test_hostile_datagrams_are_counted_and_the_receiver_survives(
-        endpoint: dict[str, Any]) -> None:
+        endpoint: Endpoint) -> None:
     model = BytesModel()
     with Subscriber(model, **endpoint) as sub, \
             open_sender(endpoint["group"], endpoint["port"]) as raw:
@@ -192,7 +196,7 @@ def test_hostile_datagrams_are_counted_and_the_receiver_survives(
         assert sub.stats().internal_errors == 0
 
 
-def test_threads_are_named_and_close_is_idempotent(endpoint: dict[str, Any]) -> None:
+def test_threads_are_named_and_close_is_idempotent(endpoint: Endpoint) -> None:
     model = BytesModel()
     pub = Publisher(model, **endpoint)
     sub = Subscriber(model, **endpoint)
@@ -209,7 +213,7 @@ def test_threads_are_named_and_close_is_idempotent(endpoint: dict[str, Any]) -> 
         sub.on_update(print)
 
 
-def test_misuse_raises_at_the_call(endpoint: dict[str, Any]) -> None:
+def test_misuse_raises_at_the_call(endpoint: Endpoint) -> None:
     with pytest.raises(ConfigError, match="not a multicast"):
         Publisher(BytesModel(), group="10.1.2.3", port=endpoint["port"])
     with pytest.raises(ConfigError, match="not an IPv4"):
@@ -227,7 +231,7 @@ def test_misuse_raises_at_the_call(endpoint: dict[str, Any]) -> None:
             pub.publish(1, b"x" * 2000)
 
 
-def test_full_queue_blocks_until_the_sender_makes_room(endpoint: dict[str, Any]) -> None:
+def test_full_queue_blocks_until_the_sender_makes_room(endpoint: Endpoint) -> None:
     model = ChainModel()
     config = fast_publisher(max_queued_deltas=8)
     with Publisher(model, config=config, **endpoint) as pub, \
@@ -240,7 +244,7 @@ def test_full_queue_blocks_until_the_sender_makes_room(endpoint: dict[str, Any])
         assert wait_until(lambda: sub.values() == pub.values())
 
 
-def test_defaults_stay_on_the_host(endpoint: dict[str, Any]) -> None:
+def test_defaults_stay_on_the_host(endpoint: Endpoint) -> None:
     sock = open_sender(endpoint["group"], endpoint["port"])
     try:
         ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL)
@@ -253,7 +257,7 @@ def test_defaults_stay_on_the_host(endpoint: dict[str, Any]) -> None:
 
 
 def test_constructor_callbacks_see_every_event_and_wait_until_applied(
-        endpoint: dict[str, Any]) -> None:
+        endpoint: Endpoint) -> None:
     model = BytesModel()
     with Publisher(model, initial={1: b"x"}, config=fast_publisher(), **endpoint) as pub:
         assert pub.last_sequence == 0
@@ -273,7 +277,7 @@ def test_constructor_callbacks_see_every_event_and_wait_until_applied(
             assert wait_until(lambda: set(installs) == {1, 2})
 
 
-def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) -> None:
+def test_linger_batches_deltas_published_one_by_one(endpoint: Endpoint) -> None:
     model = BytesModel()
     # Cycles every 0.5 s: a subscriber knows this small leaf set from two of them.
     config = fast_publisher(linger_s=0.3, heartbeat_interval_s=5.0, min_cycle_s=0.5)
@@ -290,7 +294,7 @@ def test_linger_batches_deltas_published_one_by_one(endpoint: dict[str, Any]) ->
 
 
 @pytest.mark.parametrize("inline", [False, True], ids=["dispatcher", "receiver_thread"])
-def test_close_from_inside_a_callback(endpoint: dict[str, Any], inline: bool) -> None:
+def test_close_from_inside_a_callback(endpoint: Endpoint, inline: bool) -> None:
     model = BytesModel()
     closed = threading.Event()
     holder: list[Subscriber[bytes, bytes]] = []
@@ -310,7 +314,7 @@ def test_close_from_inside_a_callback(endpoint: dict[str, Any], inline: bool) ->
         sub.on_status(print)
 
 
-def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: dict[str, Any]) -> None:
+def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: Endpoint) -> None:
     """Issue 8 on loopback: a signing publisher, a verifying subscriber and an unsigned
     impostor on the same group and port; keys rotate in the middle of the stream. Nothing
     honest is lost, every impostor datagram is counted."""
@@ -344,20 +348,20 @@ def test_signed_stream_with_key_rotation_over_real_sockets(endpoint: dict[str, A
 
 
 def test_callbacks_unsubscribe_and_per_leaf_callbacks_at_construction(
-        endpoint: dict[str, Any]) -> None:
+        endpoint: Endpoint) -> None:
     """on_leaf/on_update/on_status return a Subscription whose cancel() stops the calls
     (idempotent); per-leaf callbacks can be given at construction and see the first
     updates."""
     model = BytesModel()
-    early: list[bytes] = []
-    late: list[bytes] = []
+    early: list[bytes | None] = []
+    late: list[bytes | None] = []
     every: list[int] = []
     with Subscriber(model, on_leaf={1: lambda _id, _k, leaf, _d: early.append(leaf)},
                     **endpoint) as sub, Publisher(model, config=fast_publisher(),
                                                   **endpoint) as pub:
         leaf_2 = sub.on_leaf(2, lambda _id, _k, leaf, _d: late.append(leaf))
         updates = sub.on_update(lambda leaf_id, *_: every.append(leaf_id))
-        assert leaf_2.active
+        assert unnarrowed(leaf_2.active)
         pub.publish(1, b"a")
         seq = pub.publish(2, b"b")
         assert sub.wait_until_applied(seq, timeout=10)

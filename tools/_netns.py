@@ -81,14 +81,14 @@ class PeerNamespace:
         self._error: str | None = None
         self._thread = threading.Thread(target=self._serve, name="peer-netns", daemon=True)
         self._thread.start()
-        self._started.wait(5)
-        if self._tid is None:
+        tid = self._wait_started()
+        if tid is None:
             raise OSError(f"unshare(CLONE_NEWNET) failed: {self._error}")
         made = False
         try:
             for command in (
                 ["ip", "link", "add", local_dev, "type", "veth", "peer", "name", peer_dev],
-                ["ip", "link", "set", peer_dev, "netns", str(self._tid)],
+                ["ip", "link", "set", peer_dev, "netns", str(tid)],
                 ["ip", "addr", "add", f"{local}/{prefix}", "dev", local_dev],
                 ["ip", "link", "set", local_dev, "up"],
                 ["ip", "route", "add", "224.0.0.0/4", "dev", local_dev],
@@ -100,6 +100,12 @@ class PeerNamespace:
         except BaseException:
             self.close(delete=made)
             raise
+
+    def _wait_started(self) -> int | None:
+        """The helper thread's id once it is in namespace B; None if it failed or took
+        more than 5 s. (A call, not a read: ``_tid`` is set on the helper thread.)"""
+        self._started.wait(5)
+        return self._tid
 
     def _serve(self) -> None:
         if self._libc.unshare(_CLONE_NEWNET) != 0:

@@ -535,10 +535,10 @@ class Attacks:
             data = encode_datagram(datagram._replace(messages=messages, flags=0, auth=None))
             if auth is not None:
                 # A signed capture: the same mutation, with its original (now wrong) trailer.
-                data = bytearray(data)
-                data[5] |= HeaderFlag.AUTH
-                data += struct.pack("<I", auth.key_id) + auth.tag
-                data = bytes(data)
+                signed = bytearray(data)
+                signed[5] |= HeaderFlag.AUTH
+                signed += struct.pack("<I", auth.key_id) + auth.tag
+                data = bytes(signed)
             decode_datagram(data)
         except (EncodeError, DecodeError):
             return None

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     builder = codec.DatagramBuilder(7, SESSION)
 
-    def fast_encode() -> object:
+    def fast_encode() -> memoryview:
         builder.start(1000)
         add = builder.add_delta
         for leaf in range(DELTAS):

@@ -50,7 +50,7 @@ def main() -> int:
     # every datagram signed by the publisher and verified (and replay-checked) by the
     # subscriber.
     ring = KeyRing.from_text(generate_key(1))
-    sides: dict[bool, list[tuple[str, float]]] = {False: [], True: []}
+    sides: dict[bool, list[list[tuple[str, float]]]] = {False: [], True: []}
     for _ in range(2):
         for keys in (False, True):
             print(f"--- authentication {'on' if keys else 'off'} (TOUCHED default)")

@@ -25,7 +25,9 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from adversary import (  # noqa: E402 - after the path set-up above
     SCENARIOS,
+    Move,
     OracleFailure,
+    Scenario,
     as_test,
     random_schedule,
     run_schedule,
@@ -95,23 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
-def report(name: str, seed: int, scenario: object, moves: list, failure: OracleFailure,
-           budget: float) -> None:
+def report(name: str, seed: int, scenario: Scenario, moves: list[Move],
+           failure: OracleFailure, budget: float) -> None:
     print(f"\nFAILURE: seed {seed}, scenario {name}, move {failure.step} of {len(moves)}:")
     print(f"  {failure}".replace("\n", "\n  "))
     # Moves after the failing one cannot matter: cut them, then delete greedily.
     moves = moves[: failure.step + 1]
-    small = shrink(scenario, moves, failure.signature,  # type: ignore[arg-type]
+    small = shrink(scenario, moves, failure.signature,
                    deadline=time.monotonic() + budget)
     try:
-        run_schedule(scenario, small)  # type: ignore[arg-type]
+        run_schedule(scenario, small)
     except OracleFailure as final:
         failure = final
     print(f"\nshrunk to {len(small)} move(s); the oracle says:\n  "
           + str(failure).replace("\n", "\n  "))
     print(f"\n# python tools/explore.py --replay {seed} --scenario {name}")
     test_name = f"explore_{name.replace('-', '_')}_seed_{seed}"
-    print(as_test(test_name, scenario, small, failure) + "\n", flush=True)  # type: ignore[arg-type]
+    print(as_test(test_name, scenario, small, failure) + "\n", flush=True)
 
 
 if __name__ == "__main__":

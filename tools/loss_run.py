@@ -58,6 +58,9 @@ def main() -> int:
     parser.add_argument("--touched-interval", type=float,
                         default=PublisherConfig().touched_interval_s,
                         help="seconds between TOUCHED summaries (0: off)")
+    parser.add_argument("--no-retransmit", action="store_true",
+                        help="subscribers do not ask for lost datagrams (SPEC §15): "
+                             "the snapshot cycle repairs every loss")
     args = parser.parse_args()
     return run_in_private_namespace(__file__, lambda: run_inside(args),
                                     also_needs={"nft": "nftables"})
@@ -92,7 +95,8 @@ def run_inside(args: argparse.Namespace) -> int:
                         repair_times.append(time.monotonic() - began)
         return on_status
 
-    subs = [Subscriber(model, config=SubscriberConfig(), **endpoint)
+    subs = [Subscriber(model, config=SubscriberConfig(retransmit=not args.no_retransmit),
+                       **endpoint)
             for _ in range(args.subscribers)]
     for index, sub in enumerate(subs):
         sub.on_status(watcher(index))
@@ -134,6 +138,8 @@ def run_inside(args: argparse.Namespace) -> int:
                     "leaves_made_stale": stats.leaves_made_stale,
                     "suspects_proven": stats.suspects_proven, "repairs": stats.repairs,
                     "kernel_drops": stats.kernel_drops,
+                    "retransmitted": stats.retransmitted_datagrams,
+                    "retransmit_requests": stats.retransmit_requests,
                 })
     finally:
         for sub in subs:

@@ -169,7 +169,8 @@ def build_with_builder(value: Decoded) -> bytes | None:
 
 
 def _same(a: Decoded, b: Decoded) -> bool:
-    return normalise(a) == normalise(b)
+    same: bool = normalise(a) == normalise(b)
+    return same
 
 
 normalise = codec.comparable

@@ -18,12 +18,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grapevine import Publisher, PublisherConfig, Subscriber
 from grapevine.book import OrderBookModel, encode_book
 from grapevine.testing import Market, free_port
+
+
+class Endpoint(TypedDict):
+    """Where the stream goes, passed as ``**endpoint`` to Publisher and Subscriber."""
+
+    group: str
+    port: int
 
 
 def measure(leaves: int, levels: int, joins: int, rate: int, snapshot_bytes_per_s: float,
@@ -33,7 +41,7 @@ def measure(leaves: int, levels: int, joins: int, rate: int, snapshot_bytes_per_
     leaf_bytes = sum(len(encode_book(book)) for book in initial.values()) // leaves
     model = OrderBookModel()
     config = PublisherConfig(snapshot_bytes_per_s=snapshot_bytes_per_s, min_cycle_s=min_cycle_s)
-    endpoint = {"group": "239.255.74.1", "port": free_port("239.255.74.1")}
+    endpoint: Endpoint = {"group": "239.255.74.1", "port": free_port("239.255.74.1")}
     stop = threading.Event()
     times: list[float] = []
     with Publisher(model, initial=initial, config=config, **endpoint) as pub:
