@@ -43,6 +43,22 @@ PACKET_SIZE = _FIELDS.size
 _AUTH = int(wire.HeaderFlag.AUTH)
 
 
+def _field_offsets() -> list[tuple[int, str]]:
+    offsets, offset = [], 0
+    for sub in wire.RetransmitFields.subcons:
+        offsets.append((offset, sub.name))
+        offset += sub.sizeof()
+    return offsets
+
+
+_FIELD_OFFSETS = _field_offsets()
+
+
+def _field_at(offset: int) -> str:
+    """The name of the field that the byte at ``offset`` belongs to (where data ran out)."""
+    return next(name for start, name in reversed(_FIELD_OFFSETS) if start <= offset)
+
+
 class RetransmitMessage(NamedTuple):
     """One retransmission packet's fields (SPEC §15)."""
 
@@ -72,7 +88,7 @@ def decode_retransmit(data: bytes | bytearray | memoryview) -> RetransmitMessage
     size = len(data)
     if size < PACKET_SIZE:
         raise DecodeError(f"retransmission packet of {size} bytes is shorter than "
-                          f"{PACKET_SIZE}", offset=size, field="magic")
+                          f"{PACKET_SIZE}", offset=size, field=_field_at(size))
     (magic, version, flags, kind, _reserved, stream_id, session_id, first_seq, end_seq,
      available_first, available_end, send_time_ns) = _FIELDS.unpack_from(data)
     if magic != wire.RETRANSMIT_MAGIC:

@@ -105,14 +105,16 @@ ForwardTap = Callable[["Endpoint", bytes], None]
 
 # ----------------------------------------------------------------------------- link format
 
-LINK_MAGIC = b"GRPL"
+# Derived from the construct definitions in grapevine.wire (the one definition, SPEC §16).
+LINK_MAGIC = wire.LINK_MAGIC
 LINK_VERSION = 1
-FRAME_DATAGRAM = 1
-FRAME_KEEPALIVE = 2
-_HELLO = struct.Struct("<4sBBH")  # magic, version, flags, reserved
-_FRAME = struct.Struct("<BBH")  # kind, flags, body length
-_ADDRESS_SIZE = 6  # group (4 bytes, network order) + port (u16 little-endian)
-_DATAGRAM_FRAME = struct.Struct("<BBH4sH")  # a DATAGRAM frame's header and address
+FRAME_DATAGRAM = int(wire.RepeaterFrameKind.DATAGRAM)
+FRAME_KEEPALIVE = int(wire.RepeaterFrameKind.KEEPALIVE)
+_HELLO = struct.Struct(wire.struct_format(wire.RepeaterHello))  # magic, version, flags, reserved
+_FRAME = struct.Struct(wire.struct_format(wire.RepeaterFrameHeader))  # kind, flags, length
+_ADDRESS_SIZE = wire.RepeaterAddress.sizeof()  # group (4 bytes, network order) + port (u16)
+_DATAGRAM_FRAME = struct.Struct(  # a DATAGRAM frame's header and address
+    wire.struct_format(wire.RepeaterFrameHeader) + wire.struct_format(wire.RepeaterAddress)[1:])
 FRAME_OVERHEAD = _DATAGRAM_FRAME.size  # 10 bytes in front of every datagram on the link
 _MAX_BODY = 0xFFFF
 _UDP_MAX_PAYLOAD = wire.MAX_DATAGRAM_SIZE  # largest UDP payload over IPv4

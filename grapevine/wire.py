@@ -42,7 +42,12 @@ __all__ = [
     "TouchedEntry",
     "TouchedFields",
     "MAGIC",
+    "LINK_MAGIC",
     "RETRANSMIT_MAGIC",
+    "RepeaterAddress",
+    "RepeaterFrameHeader",
+    "RepeaterFrameKind",
+    "RepeaterHello",
     "RetransmitKind",
     "RetransmitPacket",
     "RetransmitFields",
@@ -82,6 +87,13 @@ class RetransmitKind(enum.IntEnum):
 
     REQUEST = 1  # receiver -> server: send me the datagrams of [first_seq, end_seq)
     UNAVAILABLE = 2  # server -> receiver: not held; it holds [available_first, available_end)
+
+
+class RepeaterFrameKind(enum.IntEnum):
+    """Frames on a repeater link (SPEC §16)."""
+
+    DATAGRAM = 1  # a group's address and port, then one datagram, unchanged
+    KEEPALIVE = 2  # empty: the link is idle, not dead
 
 
 class HeaderFlag(enum.IntFlag):
@@ -183,6 +195,29 @@ RetransmitFields = Struct(
     "available_end" / Int64ul,
     "send_time_ns" / Int64ul,    # sender's wall clock (Unix ns), for freshness
 )
+
+# The repeater link (SPEC §16): a hello once per TCP connection, then frames.
+LINK_MAGIC = b"GRPL"
+
+# fmt: off
+RepeaterHello = Struct(
+    "magic" / Const(LINK_MAGIC),
+    "version" / Int8ul,
+    "flags" / Int8ul,            # 0, ignored
+    "reserved" / Int16ul,        # 0, ignored
+)
+
+RepeaterFrameHeader = Struct(
+    "kind" / Int8ul,             # RepeaterFrameKind
+    "flags" / Int8ul,            # 0, ignored
+    "length" / Int16ul,          # bytes of body that follow
+)
+
+RepeaterAddress = Struct(        # a DATAGRAM frame's body starts with where it goes
+    "group" / Bytes(4),          # IPv4 address, network byte order
+    "port" / Int16ul,
+)
+# fmt: on
 
 RetransmitPacket = Struct(
     "packet" / RetransmitFields,

@@ -4,6 +4,7 @@ runtime repairing a lost datagram over real loopback sockets."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -61,7 +62,7 @@ def test_packets_round_trip_and_agree_with_the_construct_definition() -> None:
 
 
 @pytest.mark.parametrize(("mutate", "field"), [
-    (lambda b: b[:30], "magic"),  # short
+    (lambda b: b[:30], "end_seq"),  # short: the data ends inside end_seq (offset 28..36)
     (lambda b: b"GRPV" + b[4:], "magic"),  # a stream datagram's magic
     (lambda b: b[:4] + b"\x02" + b[5:], "version"),
     (lambda b: b[:6] + b"\x09" + b[7:], "kind"),
@@ -195,7 +196,7 @@ def test_requests_wait_a_random_delay_then_back_off_and_give_up() -> None:
         if requester.due(now):
             times.append(now)
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.005 <= gaps[0] <= 0.015  # timeout_s x [0.5, 1.5]
     assert 0.01 <= gaps[1] <= 0.03  # doubled
     assert not requester.waiting()

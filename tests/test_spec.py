@@ -90,6 +90,8 @@ LAYOUTS: dict[str, tuple[list[tuple[int, int, str]], tuple[str, str] | None]] = 
     "touched": (field_layout(wire.MessageHeader, wire.TouchedFields), ENTRIES),
     "touched_entry": (field_layout(wire.TouchedEntry), None),
     "auth": (field_layout(wire.AuthTrailer), None),
+    "retransmit": (field_layout(wire.RetransmitFields), None),
+    "repeater_hello": (field_layout(wire.RepeaterHello), None),
 }
 
 
@@ -159,7 +161,8 @@ def test_every_wire_field_name_appears_in_spec() -> None:
 
 
 @pytest.mark.parametrize("enum", [wire.MessageKind, wire.HeaderFlag, wire.DeltaFlag,
-                                  wire.SnapshotFlag], ids=lambda e: e.__name__)
+                                  wire.SnapshotFlag, wire.RetransmitKind],
+                         ids=lambda e: e.__name__)
 def test_enum_table_matches_wire(enum: Any) -> None:
     rows = table_after(f"enum: {enum.__name__}")
     stated = {unquote(row[1]): parse_int(row[0]) for row in rows}
@@ -242,6 +245,7 @@ def test_diagrams_show_every_field_at_its_offset() -> None:
         "### 6.6 TOUCHED": field_layout(wire.MessageHeader, wire.TouchedFields),
         "Each TOUCHED entry:": field_layout(wire.TouchedEntry),
         "## 9. Authentication": field_layout(wire.AuthTrailer),
+        "## 15. Retransmission on request": field_layout(wire.RetransmitFields),
     }
     for heading, layout in sections.items():
         body = SPEC.split(heading, 1)[1]
