@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from ._errors import ConfigError, NetworkError
 from ._transport import DEFAULT_INTERFACE
+from .auth import KeyRing
 from .repeater import Endpoint, Repeater, RepeaterStats
 
 __all__ = ["add_arguments", "run"]
@@ -65,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and at least bandwidth x round trip for a fast, long link")
     parser.add_argument("--link-timeout", type=float, default=3.0, metavar="S",
                         help="seconds without progress before a link is dropped as dead")
+    parser.add_argument("--retransmit-datagrams", type=int, default=4096, metavar="N",
+                        help="--receive: recent delta datagrams kept per stream to answer "
+                             "retransmission requests from subscribers on this side "
+                             "(SPEC §15; 0: off)")
+    parser.add_argument("--keys", metavar="FILE", default=None,
+                        help="--receive: a key file (grapevine keygen): answer only signed "
+                             "retransmission requests and sign UNAVAILABLE answers")
     parser.add_argument("--stats-interval", type=float, default=10.0, metavar="S",
                         help="seconds between stats log lines (0: none)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
@@ -117,7 +125,8 @@ def _make(args: argparse.Namespace) -> Repeater:
         if local_side:
             remap[endpoint] = Endpoint.parse(local_side)
     return Repeater("receive", groups, listen=args.listen, ttl=args.ttl, remap=remap,
-                    **common)
+                    retransmit_datagrams=args.retransmit_datagrams,
+                    keys=KeyRing.from_file(args.keys) if args.keys else None, **common)
 
 
 def _serve(repeater: Repeater, args: argparse.Namespace, out: TextIO) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Hashable
@@ -32,9 +33,10 @@ from typing import NamedTuple
 from . import wire
 from ._errors import DecodeError
 from .auth import KeyRing, Verdict, Verifier, sign
+from .codec import Delta, decode_datagram
 
 __all__ = ["PACKET_SIZE", "DatagramRing", "RepairRequester", "RetransmitMessage",
-           "RetransmitServer", "decode_retransmit", "encode_retransmit"]
+           "RetransmitServer", "StreamCache", "decode_retransmit", "encode_retransmit"]
 
 REQUEST = wire.RetransmitKind.REQUEST
 UNAVAILABLE = wire.RetransmitKind.UNAVAILABLE
@@ -120,7 +122,8 @@ class DatagramRing:
     """The most recent delta datagrams of one session, bounded in count and bytes.
 
     Datagrams are added in stream order, each with the range of DELTA sequences it carries
-    (``first <= seq < end``), so the ring holds one contiguous range of the stream.
+    (``first <= seq < end``). A publisher's ring is contiguous; a relay's (a repeater's) has
+    the holes of what it never received itself.
     """
 
     def __init__(self, max_datagrams: int, max_bytes: int) -> None:
@@ -145,8 +148,8 @@ class DatagramRing:
 
     def add(self, first_seq: int, end_seq: int, datagram: bytes) -> None:
         """Remember a datagram carrying the DELTAs ``first_seq <= seq < end_seq``."""
-        if self._ends and first_seq != self._ends[-1]:
-            self.clear()  # not contiguous (a new session): start over
+        if self._ends and first_seq < self._ends[-1]:
+            self.clear()  # behind what is held: another session or a replay; start over
         self._firsts.append(first_seq)
         self._ends.append(end_seq)
         self._datagrams.append(datagram)
@@ -159,13 +162,15 @@ class DatagramRing:
 
     def find(self, first_seq: int, end_seq: int, limit: int) -> list[bytes]:
         """Up to ``limit`` held datagrams, in order, that carry DELTAs of
-        ``first_seq <= seq < end_seq``."""
-        firsts = self._firsts
-        index = max(bisect_right(firsts, first_seq) - 1, 0)
+        ``first_seq <= seq < end_seq``, starting with the one that carries ``first_seq``;
+        none if no held datagram carries it (the start is what the receiver needs first)."""
+        firsts, ends = self._firsts, self._ends
+        index = bisect_right(firsts, first_seq) - 1
+        if index < 0 or ends[index] <= first_seq:
+            return []
         found: list[bytes] = []
         while index < len(firsts) and firsts[index] < end_seq and len(found) < limit:
-            if self._ends[index] > first_seq:
-                found.append(self._datagrams[index])
+            found.append(self._datagrams[index])
             index += 1
         return found
 
@@ -180,7 +185,7 @@ class DatagramRing:
         assert self.bytes == sum(len(d) for d in self._datagrams)
         assert len(self._datagrams) <= self.max_datagrams
         for index in range(1, len(self._firsts)):
-            assert self._firsts[index] == self._ends[index - 1]
+            assert self._firsts[index] >= self._ends[index - 1]
 
 
 class _Bucket:
@@ -244,7 +249,7 @@ class RetransmitServer:
         if request.session_id == self.session_id:
             found = self.ring.find(first, end, self.max_answer_datagrams)
         answer: list[bytes] = list(found)
-        covers_start = bool(found) and held_first <= first
+        covers_start = bool(found)
         if not covers_start:
             # The start of the range is gone (or never was): say what is held, so the
             # requester falls back to the snapshot cycle at once instead of retrying.
@@ -369,3 +374,82 @@ class RepairRequester:
 
     def clear(self) -> None:
         self._pending.clear()
+
+
+# --------------------------------------------------------------------------- relays
+
+
+class StreamCache:
+    """Serves retransmission for streams this process only *relays* (a repeater's receive
+    side, a replayer): it keeps each stream's recent delta datagrams as they pass, for its
+    two newest sessions, and answers requests for them like a publisher (SPEC §15).
+
+    Datagrams that do not decode are not kept; with ``keys``, requests must verify.
+    """
+
+    SESSIONS_PER_STREAM = 2  # a restart's new session, and stragglers of the one before
+
+    def __init__(self, *, max_datagrams: int = 4096, max_bytes: int = 8 << 20,
+                 keys: KeyRing | None = None, max_answer_datagrams: int = 64,
+                 bytes_per_s: float = 10e6) -> None:
+        self.max_datagrams = max_datagrams
+        self.max_bytes = max_bytes
+        self.keys = keys
+        self.max_answer_datagrams = max_answer_datagrams
+        self.bytes_per_s = bytes_per_s
+        # stream_id -> session_id -> its server, oldest session first
+        self.servers: dict[int, dict[int, RetransmitServer]] = {}
+        self.refused = 0  # requests for a stream never seen, or malformed
+        # One thread observes and answers; the lock only keeps counts() (another thread's
+        # stats) from walking the dicts while a session is added.
+        self._lock = threading.Lock()
+
+    def observe(self, datagram: bytes) -> None:
+        """A datagram of some stream passed: keep it if it carries DELTAs."""
+        try:
+            decoded = decode_datagram(datagram)
+        except DecodeError:
+            return
+        deltas = sum(1 for message in decoded.messages if type(message) is Delta)
+        if not deltas:
+            return
+        sessions = self.servers.get(decoded.stream_id)
+        server = sessions.get(decoded.session_id) if sessions is not None else None
+        if server is None:
+            server = RetransmitServer(
+                DatagramRing(self.max_datagrams, self.max_bytes), stream_id=decoded.stream_id,
+                keys=self.keys, max_answer_datagrams=self.max_answer_datagrams,
+                bytes_per_s=self.bytes_per_s)
+            server.session_id = decoded.session_id
+            with self._lock:
+                sessions = self.servers.setdefault(decoded.stream_id, {})
+                sessions[decoded.session_id] = server
+                while len(sessions) > self.SESSIONS_PER_STREAM:
+                    del sessions[next(iter(sessions))]
+        server.ring.add(decoded.sequence, decoded.sequence + deltas, bytes(datagram))
+
+    def answer(self, request: bytes | bytearray | memoryview, requester: Hashable,
+               now: float, send_time_ns: int) -> list[bytes]:
+        """What to send back to ``requester`` (possibly nothing). Never raises on data."""
+        try:
+            packet = decode_retransmit(request)
+        except DecodeError:
+            self.refused += 1
+            return []
+        sessions = self.servers.get(packet.stream_id)
+        if not sessions:
+            self.refused += 1
+            return []
+        # A session not held gets UNAVAILABLE (holding nothing) from the newest server.
+        server = sessions.get(packet.session_id) or next(reversed(sessions.values()))
+        return server.handle(request, requester, now, send_time_ns)
+
+    def counts(self) -> dict[str, int]:
+        """requests, datagrams_sent, unavailable and refused, over every stream."""
+        with self._lock:
+            servers = [server for sessions in self.servers.values()
+                       for server in sessions.values()]
+        return {"requests": sum(s.requests for s in servers),
+                "datagrams_sent": sum(s.datagrams_sent for s in servers),
+                "unavailable": sum(s.unavailable for s in servers),
+                "refused": self.refused + sum(s.refused for s in servers)}

@@ -197,6 +197,7 @@ class SubscriberCounters:
     resyncs: int = 0  # the whole state was distrusted and rebuilt (resync events)
     retransmit_requests: int = 0  # ranges asked for again (SPEC §15)
     retransmit_unavailable: int = 0  # UNAVAILABLE answers: those holes fall back to snapshots
+    retransmit_refused: int = 0  # retransmission packets dropped: malformed, foreign, unsigned
 
 
 class _Leaf:

@@ -70,6 +70,7 @@ from typing import Any, Literal, NamedTuple
 
 from . import wire
 from ._errors import ConfigError, DecodeError, GrapevineError, NetworkError
+from ._retransmit import StreamCache
 from ._transport import (
     DEFAULT_INTERFACE,
     ReceiveSocket,
@@ -77,6 +78,7 @@ from ._transport import (
     open_receiver,
     open_sender,
 )
+from .auth import KeyRing
 from .codec import HEADER_SIZE, decode_datagram
 
 __all__ = [
@@ -324,6 +326,9 @@ class RepeaterStats:
     queue_bytes: int
     queue_high_water_bytes: int
     groups: dict[str, int]
+    retransmit: dict[str, int]
+    """Receive side: retransmission requests from B answered from the cache (SPEC §15):
+    ``requests``, ``datagrams_sent``, ``unavailable``, ``refused``."""
 
     @property
     def total_dropped(self) -> int:
@@ -490,8 +495,14 @@ class Repeater:
             the most that can be in flight (raise it for long, fast links: bandwidth x
             round trip).
         on_forward: receive side: called on the repeater's thread with ``(endpoint,
-            datagram)`` for each datagram once it is multicast on B (the attach point of
-            a retransmission server). Exceptions are counted in ``tap_errors`` and logged.
+            datagram)`` for each datagram once it is multicast on B. Exceptions are
+            counted in ``tap_errors`` and logged.
+        retransmit_datagrams: receive side: recent delta datagrams kept per stream to
+            answer retransmission requests from subscribers on B (SPEC §15), which send
+            them to the source address of the datagrams: this repeater's. They never cross
+            the link. 0: off (subscribers then repair from the snapshot cycle).
+        keys: receive side: with a ring, only signed requests are answered and
+            UNAVAILABLE answers are signed. The stream itself passes unchanged either way.
     """
 
     def __init__(
@@ -516,6 +527,8 @@ class Repeater:
         receive_buffer_bytes: int = 4 << 20,
         link_buffer_bytes: int = 256 << 10,
         on_forward: ForwardTap | None = None,
+        retransmit_datagrams: int = 4096,
+        keys: KeyRing | None = None,
     ) -> None:
         if role not in ("send", "receive"):
             raise ConfigError(f"role must be 'send' or 'receive', not {role!r}")
@@ -573,6 +586,11 @@ class Repeater:
         self._receive_buffer = receive_buffer_bytes
         self._link_buffer = link_buffer_bytes
         self._tap = on_forward
+        if retransmit_datagrams < 0:
+            raise ConfigError("retransmit_datagrams must be >= 0 (0: off)")
+        self._cache: StreamCache | None = None
+        if role == "receive" and retransmit_datagrams:
+            self._cache = StreamCache(max_datagrams=retransmit_datagrams, keys=keys)
         self._counters = _Counters(endpoints)
         self._recent = _Recent(dedupe_window)
         self._warn = _RateLimitedLog()
@@ -647,7 +665,8 @@ class Repeater:
             kernel_drops=kernel_drops, tap_errors=c.tap_errors,
             internal_errors=c.internal_errors, connected=connected,
             queue_datagrams=queued, queue_bytes=queue_bytes, queue_high_water_bytes=high,
-            groups=dict(c.groups))
+            groups=dict(c.groups),
+            retransmit=self._cache.counts() if self._cache is not None else {})
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the threads (the send side first writes what is queued, for at most
@@ -708,8 +727,10 @@ class Repeater:
         for endpoint in self.groups:
             out = outputs.get(endpoint, endpoint)
             if out not in senders:
+                # Not connected: the same socket reads retransmission requests, sent to
+                # the source address subscribers on B see (SPEC §15).
                 senders[out] = open_sender(out.group, out.port, interface=self.interface,
-                                           ttl=ttl)
+                                           ttl=ttl, connected=False)
             self._routes[endpoint.key] = (endpoint, out, senders[out])
         kind = socket.SOCK_STREAM if self.transport == "tcp" else socket.SOCK_DGRAM
         listener = socket.socket(socket.AF_INET, kind)
@@ -1032,6 +1053,9 @@ class Repeater:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         selector.register(listener, selectors.EVENT_READ, "listener")
+        if self._cache is not None:
+            for sender in {id(s): s for _, _, s in self._routes.values()}.values():
+                selector.register(sender, selectors.EVENT_READ, ("requests", sender))
         connections: dict[socket.socket, _Connection] = {}
         scratch = bytearray(max(256 << 10, wire.MAX_DATAGRAM_SIZE + 1))
         view = memoryview(scratch)
@@ -1045,7 +1069,9 @@ class Repeater:
                 for key, _ in selector.select(timeout):
                     if key.data is None:
                         return
-                    if key.data == "listener":
+                    if isinstance(key.data, tuple):
+                        self._answer_requests(key.data[1])
+                    elif key.data == "listener":
                         if self.transport == "udp":
                             self._read_udp(listener, view, udp_reader)
                         else:
@@ -1063,6 +1089,21 @@ class Repeater:
             for conn in list(connections.values()):
                 self._drop_connection(conn, selector, connections)
             selector.close()
+
+    def _answer_requests(self, sock: socket.socket) -> None:
+        """A retransmission request from a subscriber on B: answer from the cache."""
+        cache = self._cache
+        assert cache is not None
+        try:
+            request, requester = sock.recvfrom(wire.MAX_DATAGRAM_SIZE + 1)
+        except OSError:
+            return
+        for packet in cache.answer(request, requester, time.monotonic(), time.time_ns()):
+            try:
+                sock.sendto(packet, requester)
+            except OSError as exc:
+                self._warn.warning("retransmit", "answer to %s failed: %s", requester, exc)
+                return
 
     def _accept_connection(self, listener: socket.socket, selector: selectors.BaseSelector,
                            connections: dict[socket.socket, _Connection]) -> None:
@@ -1180,7 +1221,7 @@ class Repeater:
         if not self._accept(datagram, name):
             return
         try:
-            sender.send(datagram)
+            sender.sendto(datagram, (out.group, out.port))
         except OSError as exc:
             counters.dropped["send_error"] += 1
             self._warn.warning("send", "multicast to %s failed: %s", out, exc)
@@ -1188,6 +1229,8 @@ class Repeater:
         counters.forwarded += 1
         counters.forwarded_bytes += len(datagram)
         counters.groups[name] += 1
+        if self._cache is not None:
+            self._cache.observe(datagram)
         if self._tap is not None:
             try:
                 self._tap(out, datagram)

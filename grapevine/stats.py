@@ -154,6 +154,9 @@ class SubscriberStats(_Counters):
     """UNAVAILABLE answers: the server no longer held the range (snapshots repair it)."""
     retransmitted_datagrams: int
     """Datagrams received from the retransmission server (used or not)."""
+    retransmit_refused: int
+    """Retransmission packets dropped: malformed, for another stream, or (with keys) not
+    signed by a key of the ring. Ignoring one costs only the wait for retransmission."""
 
     # -- evidence against the replica (each repaired; see LEAF_DIVERGED)
     divergences: int

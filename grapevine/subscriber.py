@@ -678,11 +678,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
         try:
             packet = decode_retransmit(data)
         except DecodeError:
-            self._core.stats.malformed += 1
+            self._core.stats.retransmit_refused += 1
             return
         if packet.kind != wire.RetransmitKind.UNAVAILABLE or packet.stream_id != self.stream_id \
                 or (verifier is not None and verifier.check(data) is not Verdict.ACCEPTED):
-            self._core.stats.malformed += 1
+            # Not for us, or not signed by a key we hold (a relay without keys): ignoring
+            # it costs only the wait for retransmit_wait_s.
+            self._core.stats.retransmit_refused += 1
             return
         self._core.retransmit_unavailable(packet.session_id, packet.first_seq, packet.end_seq,
                                           now)

@@ -37,7 +37,7 @@ from grapevine._transport import open_receiver, open_sender
 from grapevine.auth import generate_key
 from grapevine.book import OrderBookModel
 from grapevine.cli import main as cli_main
-from grapevine.codec import DatagramBuilder
+from grapevine.codec import DatagramBuilder, Delta, decode_datagram
 from grapevine.repeater import (
     DROP_REASONS,
     FRAME_DATAGRAM,
@@ -688,3 +688,36 @@ def test_cli_pair_carries_a_datagram_and_reports_stats() -> None:
             if process is not None and process.proc.poll() is None:
                 process.proc.kill()
                 process.proc.communicate(timeout=10)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_subscribers_on_b_repair_from_the_repeater_not_across_the_link(
+        pair: dict[str, Any]) -> None:
+    """A datagram lost on B is asked for at its source address, the repeater's: it answers
+    from its cache (SPEC §15), the publisher on A never hears of it, and no gap occurs."""
+    model = OrderBookModel()
+    market = Market(50, seed=3)
+    rx = pair["rx"]
+    lost: list[int] = []
+
+    def drop(view: memoryview) -> bool:
+        decoded = decode_datagram(view)
+        if not lost and decoded.sequence > 1000 and any(
+                type(m) is Delta for m in decoded.messages):
+            lost.append(decoded.sequence)
+            return True
+        return False
+
+    with Subscriber(model, drop_filter=drop, **pair["b"]) as sub, \
+            Publisher(model, initial=market.copy_books(), **pair["a"]) as pub:
+        for _ in range(10):
+            publish(pub, market, 300)
+            pub.flush(10)
+        assert converged(pub, sub)
+        stats, published = sub.stats(), pub.stats()
+    assert lost
+    assert stats.gaps == 0
+    assert stats.retransmitted_datagrams >= 1
+    assert published.retransmit_requests == 0  # nothing crossed the link to repair
+    assert rx.stats().retransmit["datagrams_sent"] >= 1

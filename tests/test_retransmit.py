@@ -88,14 +88,19 @@ def test_the_ring_is_bounded_in_count_and_bytes_and_finds_ranges() -> None:
     assert len(ring) == 4
     assert ring.held == (21, 61)
     assert ring.find(25, 45, limit=10) == [bytes([i]) * 100 for i in (2, 3, 4)]
-    assert ring.find(1, 100, limit=1) == [bytes([2]) * 100]
+    assert ring.find(21, 100, limit=1) == [bytes([2]) * 100]
+    assert ring.find(1, 100, limit=10) == []  # evicted start: the answer is UNAVAILABLE
     assert ring.find(61, 70, limit=10) == []
     ring.add(61, 62, b"x" * 900)  # the byte bound evicts from the oldest
     ring._check()
     assert ring.bytes <= 1000
     assert ring.held == (51, 62)
-    ring.add(500, 501, b"y")  # not contiguous (a new session): starts over
-    assert ring.held == (500, 501)
+    ring.add(70, 71, b"h")  # a hole (a relay did not get 62..69): kept, and asked around it
+    ring._check()
+    assert ring.find(65, 75, limit=10) == []  # the start is not held
+    assert ring.find(70, 75, limit=10) == [b"h"]
+    ring.add(5, 6, b"y")  # behind what is held (a new session): starts over
+    assert ring.held == (5, 6)
 
 
 def _server(**limits: Any) -> RetransmitServer:

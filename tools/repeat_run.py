@@ -353,7 +353,8 @@ def subscriber_counts(sub: Subscriber[Any, Any]) -> dict[str, int]:
     return {"datagrams": s.datagrams, "gaps": s.gaps, "missed_deltas": s.missed_deltas,
             "repairs": s.repairs, "restarts": s.restarts, "malformed": s.malformed,
             "unauthenticated": s.unauthenticated, "bad_tags": s.bad_tags,
-            "replayed": s.replayed, "internal_errors": s.internal_errors}
+            "replayed": s.replayed, "internal_errors": s.internal_errors,
+            "retransmitted": s.retransmitted_datagrams}
 
 
 def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
