@@ -404,6 +404,14 @@ class StreamCache:
         # stats) from walking the dicts while a session is added.
         self._lock = threading.Lock()
 
+    def set_keys(self, keys: KeyRing) -> None:
+        """Rotate the ring requests are checked and answers signed with."""
+        self.keys = keys
+        with self._lock:
+            for sessions in self.servers.values():
+                for server in sessions.values():
+                    server.set_keys(keys)
+
     def observe(self, datagram: bytes) -> None:
         """A datagram of some stream passed: keep it if it carries DELTAs."""
         try:

@@ -45,7 +45,7 @@ from ._dispatch import (
     drain,
 )
 from ._errors import ClosedError, ConfigError, DecodeError, LeafIdError
-from ._retransmit import RetransmitMessage, decode_retransmit, encode_retransmit
+from ._retransmit import RetransmitMessage, StreamCache, decode_retransmit, encode_retransmit
 from ._stream_id import config_for_stream
 from ._subscriber_core import SubscriberConfig, SubscriberCore, SubscriberCounters
 from ._transport import (
@@ -135,6 +135,11 @@ class Subscriber(Generic[LeafT, DeltaT]):
             replayer or repeater near this subscriber. Default: the publisher itself, at
             the source address of the stream's datagrams. ``SubscriberConfig(retransmit=
             False)`` turns retransmission off (the snapshot cycle then repairs all loss).
+        serve_retransmit_datagrams: make this subscriber a *replayer*: keep this many of
+            the recent datagrams it received in order and answer other subscribers'
+            retransmission requests at :attr:`retransmit_address` (give them
+            ``retransmit_server=sub.retransmit_address``), so they need not all ask the
+            publisher. 0 (default): off.
     """
 
     def __init__(
@@ -154,11 +159,17 @@ class Subscriber(Generic[LeafT, DeltaT]):
         on_status: StatusCallback | None = None,
         on_leaf: Mapping[int, LeafCallback[LeafT, DeltaT]] | None = None,
         retransmit_server: tuple[str, int] | None = None,
+        serve_retransmit_datagrams: int = 0,
     ) -> None:
         if not isinstance(model, LeafModel):
             raise ConfigError(f"model {model!r} does not implement grapevine.LeafModel")
         if delivery not in ("thread", "inline", "pull"):
             raise ConfigError(f"delivery must be 'thread', 'inline' or 'pull', not {delivery!r}")
+        if serve_retransmit_datagrams < 0:
+            raise ConfigError("serve_retransmit_datagrams must be >= 0 (0: off)")
+        if serve_retransmit_datagrams and not (config or SubscriberConfig()).retransmit:
+            raise ConfigError("serve_retransmit_datagrams needs the retransmission socket: "
+                              "SubscriberConfig(retransmit=True)")
         if max_callback_backlog < 1:
             raise ConfigError("max_callback_backlog must be positive")
         # Checked before any socket is opened, so a bad argument leaks nothing.
@@ -182,6 +193,10 @@ class Subscriber(Generic[LeafT, DeltaT]):
                 self._socket.close()
                 raise
         self._retransmit_server = retransmit_server
+        self._cache: StreamCache | None = None
+        if serve_retransmit_datagrams:
+            self._cache = StreamCache(max_datagrams=serve_retransmit_datagrams,
+                                      keys=self.config.keys)
         self._stream_source: tuple[str, int] | None = None  # where in-order datagrams come from
         self.retransmitted_datagrams = 0
         self._request_errors = 0
@@ -476,6 +491,13 @@ class Subscriber(Generic[LeafT, DeltaT]):
             self._synced.notify_all()
         self._deliver(updates, events)
 
+    @property
+    def retransmit_address(self) -> tuple[str, int] | None:
+        """Where this subscriber receives retransmission answers, and (as a replayer,
+        ``serve_retransmit_datagrams``) requests; None with retransmission off."""
+        sock = self._repair_socket
+        return None if sock is None or self._closed else sock.getsockname()[:2]
+
     def set_keys(self, keys: KeyRing) -> None:
         """Rotate keys (SPEC §9): from now on accept datagrams signed with any key of
         ``keys``. During a rotation give a ring with the old and the new key, switch the
@@ -486,6 +508,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
             self._keys = keys
             if self._repair_verifier is not None:
                 self._repair_verifier.ring = keys
+            if self._cache is not None:
+                self._cache.set_keys(keys)
 
     def stats(self) -> SubscriberStats:
         """Every counter and gauge, as one frozen :class:`~grapevine.stats.SubscriberStats`.
@@ -587,6 +611,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
                         core.receive(view[:size], now)  # runs the timers too
                         if core.expected != before:  # taken in order: the stream's source
                             self._stream_source = sock.last_address
+                            if self._cache is not None:
+                                self._cache.observe(bytes(view[:size]))
                     updates, events, requests = self._take_outputs()
                     if size >= 0:  # waiters check synced state and the applied sequence
                         self._synced.notify_all()
@@ -645,7 +671,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
         sock.settimeout(0.1)
         while not self._closing.is_set():
             try:
-                data, _source = sock.recvfrom(wire.MAX_DATAGRAM_SIZE + 1)
+                data, source = sock.recvfrom(wire.MAX_DATAGRAM_SIZE + 1)
             except TimeoutError:
                 continue
             except OSError:
@@ -656,7 +682,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
                 with self._lock:
                     now = time.monotonic()
                     if data[:4] == wire.RETRANSMIT_MAGIC:
-                        self._on_retransmit_packet(data, self._repair_verifier, now)
+                        self._on_retransmit_packet(data, source, self._repair_verifier, now)
                     else:
                         self.retransmitted_datagrams += 1
                         core.receive(data, now)
@@ -672,13 +698,22 @@ class Subscriber(Generic[LeafT, DeltaT]):
                     log.exception("grapevine internal error in the repair path (%d so far)",
                                   self.internal_errors)
 
-    def _on_retransmit_packet(self, data: bytes, verifier: Verifier | None,
-                              now: float) -> None:
-        """An UNAVAILABLE answer (anything else on this socket with this magic is bad)."""
+    def _on_retransmit_packet(self, data: bytes, source: tuple[str, int],
+                              verifier: Verifier | None, now: float) -> None:
+        """An UNAVAILABLE answer, or (as a replayer) another subscriber's request."""
         try:
             packet = decode_retransmit(data)
         except DecodeError:
             self._core.stats.retransmit_refused += 1
+            return
+        if packet.kind == wire.RetransmitKind.REQUEST and self._cache is not None:
+            sock = self._repair_socket
+            assert sock is not None
+            for answer in self._cache.answer(data, source, now, time.time_ns()):
+                try:
+                    sock.sendto(answer, source)
+                except OSError:
+                    break
             return
         if packet.kind != wire.RetransmitKind.UNAVAILABLE or packet.stream_id != self.stream_id \
                 or (verifier is not None and verifier.check(data) is not Verdict.ACCEPTED):

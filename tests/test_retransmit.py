@@ -16,6 +16,7 @@ from helpers import ChainModel, fast_publisher, wait_until
 
 from grapevine import (
     BytesModel,
+    ConfigError,
     DecodeError,
     KeyRing,
     Publisher,
@@ -463,3 +464,30 @@ def test_a_publisher_without_retransmission_still_repairs_by_snapshots(
 def test_update_objects_are_exported() -> None:
     assert Update._fields[-2:] == ("sequence", "send_time_ns")
     assert PublisherConfig().retransmit_datagrams > 0
+
+
+@pytest.mark.network
+def test_a_subscriber_can_serve_retransmissions_as_a_replayer(endpoint: dict[str, Any]) -> None:
+    """The publisher keeps nothing; a replayer subscriber answers the lossy one."""
+    model = BytesModel()
+    drop = _lose_once(lambda deltas: deltas[0].seq >= 100)
+    with Subscriber(model, serve_retransmit_datagrams=1000, **endpoint) as replayer:
+        assert replayer.retransmit_address is not None
+        with Subscriber(model, drop_filter=drop,
+                        retransmit_server=replayer.retransmit_address, **endpoint) as sub, \
+                Publisher(model, config=fast_publisher(retransmit_datagrams=0),
+                          **endpoint) as pub:
+            seq = 0
+            for i in range(300):
+                seq = pub.publish(i % 10, b"%d" % i)
+                if i % 50 == 0:
+                    assert pub.flush(5)
+            assert sub.wait_until_applied(seq, timeout=10)
+            assert wait_until(lambda: sub.values() == pub.values())
+            stats = sub.stats()
+    assert drop.lost
+    assert stats.gaps == 0
+    assert stats.retransmitted_datagrams >= 1
+    with pytest.raises(ConfigError):
+        Subscriber(model, config=SubscriberConfig(retransmit=False),
+                   serve_retransmit_datagrams=10, **endpoint)
