@@ -16,6 +16,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("grapevine._decode_cmd", "decode captured datagrams (hex, binary file, pcap)"),
     "demo": ("grapevine._demo", "run the order-book demo on loopback multicast"),
     "keygen": ("grapevine._keygen_cmd", "print a new random authentication key line"),
+    "doctor": ("grapevine._doctor_cmd", "check what breaks multicast on this host, with fixes"),
     "repeat": ("grapevine._repeat_cmd", "carry multicast streams between networks over a link"),
 }
 
