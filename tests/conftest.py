@@ -8,13 +8,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import free_endpoint
+from helpers import Endpoint, free_endpoint
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +33,7 @@ def verify_threads_ended() -> Iterator[None]:
 
 
 @pytest.fixture
-def endpoint() -> dict[str, Any]:
+def endpoint() -> Endpoint:
     """``{"group", "port"}``: a test group and a port free for it on this host.
 
     Pass it as ``**endpoint`` to Publisher, Subscriber, open_sender or open_receiver, with

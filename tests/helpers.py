@@ -37,7 +37,7 @@ class Endpoint(TypedDict):
     port: int
 
 
-def free_endpoint() -> dict[str, Any]:
+def free_endpoint() -> Endpoint:
     """``{"group": ..., "port": ...}``: a random test group and a port free for it on this host.
 
     Groups are drawn from 239.255.72.1-239.255.75.250 (administratively scoped, and apart

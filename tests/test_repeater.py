@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def datagram(sequence: int, *, size: int = 200, stream_id: int = 1,
     return bytes(builder.finish(1_767_225_600_000_000_000 + sequence))
 
 
-def ep(endpoint: dict[str, Any]) -> str:
+def ep(endpoint: Mapping[str, Any]) -> str:
     return f"{endpoint['group']}:{endpoint['port']}"
 
 
