@@ -578,11 +578,12 @@ class OrderBookModel:
         except struct.error as exc:
             raise EncodeError(f"{delta!r} cannot be encoded: {exc}") from None
 
-    def decode_delta(self, payload: memoryview) -> BookDelta:
+    def decode_delta(self, payload: memoryview | bytes) -> BookDelta:
         """A delta from its 26-byte wire form; raises only DecodeError."""
-        if payload.nbytes != 26:
+        size = len(payload)  # bytes too, not only the memoryview the engine passes
+        if size != BOOK_DELTA_SIZE:
             raise DecodeError(
-                f"book delta is {payload.nbytes} bytes, not {BOOK_DELTA_SIZE}",
+                f"book delta is {size} bytes, not {BOOK_DELTA_SIZE}",
                 offset=0,
                 field="book_delta",
             )

@@ -546,3 +546,12 @@ def test_malformed_delta(payload: bytes, field: str, offset: int) -> None:
 def test_unencodable_delta(delta: BookDelta) -> None:
     with pytest.raises(EncodeError):
         OrderBookModel().encode_delta(delta)
+
+
+def test_decode_delta_of_bytes_raises_only_decode_error() -> None:
+    """Found while specifying ORDERBOOK.md: bytes (not a memoryview) raised AttributeError."""
+    model = OrderBookModel()
+    with pytest.raises(DecodeError, match="2 bytes"):
+        model.decode_delta(b"12")
+    delta = BookDelta(Op.ADD, Side.BID, 10_050, 300, 0)
+    assert model.decode_delta(model.encode_delta(delta)) == delta
