@@ -73,8 +73,11 @@ class QueueFullError(GrapevineError, RuntimeError):
 
     Raised by ``publish``/``delete`` with ``on_full="error"``, or after ``publish_timeout``
     with ``on_full="block"``. Not an :class:`EncodeError`: nothing was wrong with the value;
-    publish it again once the queue drains.
+    publish it again once the queue drains. From ``publish_many``, ``published`` is how
+    many of the batch's changes were published before the queue filled.
     """
+
+    published: int = 0
 
 
 class NetworkError(GrapevineError, OSError):

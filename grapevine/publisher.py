@@ -43,7 +43,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Generic, Literal, NoReturn
 
@@ -159,6 +159,41 @@ class Publisher(Generic[LeafT, DeltaT]):
             if self._sender_waiting:
                 self._sender_waiting = False
                 self._wake.notify()
+            return seq
+
+    def publish_many(self, changes: Iterable[tuple[int, DeltaT]]) -> int:
+        """Publish ``(leaf_id, delta)`` changes in order, as :meth:`publish` would one by
+        one, under one acquisition of the lock and one wake-up of the sender: cheaper per
+        delta when changes come in batches (a market data tick, a database transaction).
+
+        Returns the sequence of the last change (the publisher's last sequence if there
+        were none). A full queue blocks (or raises :class:`QueueFullError` with
+        ``on_full="error"``) between two changes, never in the middle of one; the changes
+        before it stay published, and the error's ``published`` attribute says how many.
+        """
+        published = 0
+        with self._lock:
+            self._check_open()
+            core = self._core
+            limit = self.config.max_queued_deltas
+            if self._linger_s and not core.queued_deltas:
+                self._burst_started_at = time.monotonic()
+            seq = core.next_seq - 1
+            publish = core.publish
+            try:
+                for leaf_id, delta in changes:
+                    if core.queued_deltas >= limit:
+                        self._wake.notify()  # let the sender drain what this batch queued
+                        self._wait_for_room()
+                    seq = publish(leaf_id, delta)
+                    published += 1
+            except QueueFullError as exc:
+                exc.published = published
+                raise
+            finally:
+                if published and self._sender_waiting:
+                    self._sender_waiting = False
+                    self._wake.notify()
             return seq
 
     def delete(self, leaf_id: int) -> int:

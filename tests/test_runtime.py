@@ -17,6 +17,7 @@ from grapevine import (
     KeyRing,
     LeafIdError,
     Publisher,
+    QueueFullError,
     Status,
     StatusEvent,
     Subscriber,
@@ -380,3 +381,33 @@ def test_callbacks_unsubscribe_and_per_leaf_callbacks_at_construction(
         assert every.count(1) == 1  # the update callback was cancelled before b"d"
     with pytest.raises(LeafIdError):
         Subscriber(model, on_leaf={-1: print}, **endpoint)
+
+
+def test_publish_many_is_publish_in_a_batch(endpoint: dict[str, Any]) -> None:
+    model = ChainModel()
+    changes = [(i % 40, i) for i in range(3_000)]
+    with Publisher(model, config=fast_publisher(), **endpoint) as pub, \
+            Subscriber(model, **endpoint) as sub:
+        assert pub.publish_many([]) == 0  # nothing published yet: the last sequence, 0
+        last = pub.publish_many(changes)
+        assert last == len(changes)
+        assert pub.publish_many(iter([(7, 99)])) == last + 1
+        assert sub.wait_until_applied(last + 1, session_id=pub.session_id, timeout=10)
+        assert sub.values() == pub.values()
+    reference = ChainModel()
+    expected: dict[int, Any] = {}
+    for leaf_id, delta in [*changes, (7, 99)]:
+        expected[leaf_id] = reference.apply(expected.get(leaf_id, reference.new_leaf()), delta)
+    assert pub.values() == expected
+
+
+def test_publish_many_stops_at_a_full_queue_and_says_how_far_it_got(
+        endpoint: dict[str, Any]) -> None:
+    # The sender lingers (up to 1 s) over a datagram that is not full, so the queue of 5
+    # stays full: the sixth change cannot be queued.
+    config = fast_publisher(max_queued_deltas=5, linger_s=1.0)
+    with Publisher(ChainModel(), config=config, on_full="error", **endpoint) as pub:
+        with pytest.raises(QueueFullError) as caught:
+            pub.publish_many((i, i) for i in range(10))
+        assert caught.value.published == 5
+        assert sorted(pub.values()) == [0, 1, 2, 3, 4]
