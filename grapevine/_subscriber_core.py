@@ -388,6 +388,16 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._requester.unavailable(first_seq, end_seq)
         self._run_timers(now)
 
+    def overloaded(self, now: float) -> None:
+        """The runtime reads too slowly (the kernel dropped datagrams for it): asking for
+        more would feed the overload, so the holes open now become gaps at once and the
+        snapshot cycle repairs them (issue 12: degrade, do not collapse)."""
+        requester = self._requester
+        if requester:
+            for first, end in self._reorder.missing(self.expected or 0):
+                requester.unavailable(first, end)
+            self._run_timers(now)
+
     def _gap_window(self) -> float:
         """How long a confirmed hole waits before it is a gap: longer while retransmission
         may still fill it."""

@@ -574,6 +574,7 @@ class Subscriber(Generic[LeafT, DeltaT]):
         clock = time.monotonic
         drop = self._drop_filter
         reported = _Reported()
+        kernel_drops = sock.kernel_drops
         timeout = 0.05
         sock.settimeout(timeout)
         while not closing.is_set():
@@ -609,6 +610,9 @@ class Subscriber(Generic[LeafT, DeltaT]):
                     else:
                         before = core.expected
                         core.receive(view[:size], now)  # runs the timers too
+                        if sock.kernel_drops != kernel_drops:  # we read too slowly: the
+                            kernel_drops = sock.kernel_drops  # holes are ours, not the
+                            core.overloaded(now)  # network's; do not ask for more
                         if core.expected != before:  # taken in order: the stream's source
                             self._stream_source = sock.last_address
                             if self._cache is not None:

@@ -491,3 +491,16 @@ def test_a_subscriber_can_serve_retransmissions_as_a_replayer(endpoint: dict[str
     with pytest.raises(ConfigError):
         Subscriber(model, config=SubscriberConfig(retransmit=False),
                    serve_retransmit_datagrams=10, **endpoint)
+
+
+def test_an_overloaded_subscriber_gives_up_its_holes_instead_of_asking() -> None:
+    link = Link()
+    link.pub.publish(1, 100)
+    link.sent()  # lost (as if the kernel dropped it: the runtime says so below)
+    for value in range(3):  # three datagrams after it confirm the hole
+        link.pub.publish(2, value)
+        link.deliver(link.sent())
+    link.sub.overloaded(link.now)
+    link.tick(0.025)  # the reorder window, not retransmit_wait_s
+    assert link.sub.requests == []
+    assert link.sub.stats.gaps == 1
