@@ -13,10 +13,16 @@ from types import ModuleType
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "decode": ("grapevine._decode_cmd", "decode captured datagrams (hex, binary file, pcap)"),
+    "decode": ("grapevine._decode_cmd",
+               "decode datagrams: pcap/pcapng captures, hex, files; --json, --summary"),
     "demo": ("grapevine._demo", "run the order-book demo on loopback multicast"),
     "keygen": ("grapevine._keygen_cmd", "print a new random authentication key line"),
     "doctor": ("grapevine._doctor_cmd", "check what breaks multicast on this host, with fixes"),
+    "listen": ("grapevine._listen_cmd", "print the datagrams heard on a group, live"),
+    "play": ("grapevine._play_cmd", "multicast a capture's datagrams again, at recorded pace"),
+    "record": ("grapevine._record_cmd", "record the datagrams heard on a group to pcapng"),
+    "replay": ("grapevine._replay_cmd", "rebuild a replica from a capture, as of a time or seq"),
+    "stats": ("grapevine._stats_cmd", "a live view of a group's streams, rates, gaps, cycles"),
     "repeat": ("grapevine._repeat_cmd", "carry multicast streams between networks over a link"),
 }
 

@@ -2,7 +2,8 @@
 """Decode captured Grapevine datagrams: ``python tools/decode.py INPUT...`` from a checkout.
 
 The same code as ``grapevine decode`` (see grapevine/_decode_cmd.py): hex strings, ``-`` for
-hex lines on stdin, pcap captures, test-vector JSON files, hex-line files or raw binary files.
+hex lines on stdin, pcap and pcapng captures, test-vector JSON files, hex-line files or raw
+binary files; filters, ``--json`` and ``--summary`` as there.
 """
 
 from __future__ import annotations
