@@ -67,7 +67,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _netns import PeerNamespace, run_in_private_namespace  # this script's folder, tools/
+from _feeder import Feeder  # this script's folder, tools/
+from _netns import PeerNamespace, run_in_private_namespace
 
 from grapevine import Publisher, PublisherConfig, StatusEvent, Subscriber, SubscriberConfig
 from grapevine._errors import DecodeError, EncodeError
@@ -177,70 +178,6 @@ def message_offsets(data: bytes | bytearray) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------- the stream
-
-
-class Feeder:
-    """Publishes the market's deltas at ``rate`` per second from its own thread; pausable."""
-
-    def __init__(self, pub: Publisher[Any, Any], market: Market, rate: int) -> None:
-        self.pub, self.market, self.rate = pub, market, rate
-        self.sent = 0
-        self.error: str | None = None
-        self._cond = threading.Condition()
-        self._paused = False
-        self._idle = False
-        self._stopping = False
-        self._tick = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="attack-run-feeder", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            last = time.monotonic()
-            owed = 0.0
-            while True:
-                with self._cond:
-                    if self._paused or self._stopping:
-                        self._idle = True
-                        self._cond.notify_all()
-                        self._cond.wait_for(lambda: not self._paused or self._stopping)
-                        if self._stopping:
-                            return
-                        self._idle = False
-                        last = time.monotonic()
-                now = time.monotonic()
-                owed += min(now - last, 0.05) * self.rate
-                last = now
-                if owed >= 1:
-                    batch = self.market.batch(int(owed))
-                    for leaf_id, delta in batch:
-                        self.pub.publish(leaf_id, delta)
-                    self.sent += len(batch)
-                    owed -= len(batch)
-                self._tick.wait(0.002)  # pacing, not synchronisation
-        except Exception as exc:  # noqa: BLE001 - reported in the JSON (thread death)
-            self.error = repr(exc)
-            with self._cond:
-                self._idle = True
-                self._cond.notify_all()
-
-    def pause(self) -> None:
-        """Stop publishing; returns once no batch is being published."""
-        with self._cond:
-            self._paused = True
-            self._cond.wait_for(lambda: self._idle or self.error is not None, 5.0)
-
-    def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._tick.set()
-        self.thread.join(5)
 
 
 @dataclass
@@ -875,7 +812,7 @@ def run_inside(args: argparse.Namespace) -> int:
                 "restart_grace_s": grace_s, "snapshot_cycle_s": round(cycle_s, 3),
                 "step_bound_s": round(step_bound, 3), "final_bound_s": round(final_bound, 3),
             }
-            feeder = Feeder(pub, market, args.rate)
+            feeder = Feeder(pub, market, args.rate, paused=False, name="attack-run-feeder")
             run = Run(pub, subs, events, feeder)
             attacks = Attacks(attacker, pub, rng, args)
             first_sync = [sub.wait_synced(timeout=20) for sub in subs]

@@ -14,9 +14,7 @@ Usage: ``python tools/make_retransmit_vectors.py [--check]``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The shared command line lives beside this script (also when a test loads it by path).
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+from _vector_files import render, write_or_check  # noqa: E402
 
 from grapevine import auth, wire  # noqa: E402
 from grapevine._retransmit import RetransmitMessage, encode_retransmit  # noqa: E402
@@ -111,30 +114,11 @@ def vectors() -> list[dict[str, Any]]:
 
 
 def expected_files() -> dict[str, str]:
-    return {f"{item['name']}.json": json.dumps(item, indent=2) + "\n" for item in vectors()}
+    return {f"{item['name']}.json": render(item) for item in vectors()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="compare with the files on disk instead of writing them")
-    args = parser.parse_args(argv)
-    files = expected_files()
-    existing = {p.name for p in VECTOR_DIR.glob("*.json")} if VECTOR_DIR.exists() else set()
-    if args.check:
-        bad = sorted(name for name, text in files.items() if not (VECTOR_DIR / name).exists()
-                     or (VECTOR_DIR / name).read_text() != text)
-        bad += sorted(existing - set(files))
-        for name in bad:
-            print(f"out of date: {name}")
-        return 1 if bad else 0
-    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in existing - set(files):
-        (VECTOR_DIR / stale).unlink()
-    for name, text in files.items():
-        (VECTOR_DIR / name).write_text(text)
-    print(f"wrote {len(files)} vectors to {VECTOR_DIR}")
-    return 0
+    return write_or_check(__doc__.split("\n\n")[0], VECTOR_DIR, expected_files, argv)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ Usage: ``python tools/make_vectors.py [--check]`` from a checkout.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import struct
 import sys
 from collections.abc import Sequence
@@ -36,6 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# The shared command line lives beside this script (also when a test loads it by path).
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+from _vector_files import render, write_or_check  # noqa: E402
 
 from grapevine import auth, codec, wire  # noqa: E402
 from grapevine._errors import DecodeError, EncodeError  # noqa: E402
@@ -729,9 +732,6 @@ def build() -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- files
 
 
-def render(item: dict[str, Any]) -> str:
-    return json.dumps(item, indent=2) + "\n"
-
 
 def expected_files() -> dict[str, str]:
     """File name -> content, for every vector."""
@@ -739,29 +739,7 @@ def expected_files() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="compare with the files on disk instead of writing them")
-    parser.add_argument("--out", type=Path, default=VECTOR_DIR)
-    args = parser.parse_args(argv)
-    files = expected_files()
-    existing = {p.name for p in args.out.glob("*.json")} if args.out.exists() else set()
-    if args.check:
-        bad = sorted(name for name, text in files.items()
-                     if not (args.out / name).exists()
-                     or (args.out / name).read_text() != text)
-        bad += sorted(existing - set(files))
-        for name in bad:
-            print(f"out of date: {name}")
-        return 1 if bad else 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for stale in existing - set(files):
-        (args.out / stale).unlink()
-    for name, text in files.items():
-        (args.out / name).write_text(text)
-    print(f"wrote {len(files)} vectors to {args.out}")
-    return 0
-
+    return write_or_check(__doc__.split("\n\n")[0], VECTOR_DIR, expected_files, argv)
 
 
 if __name__ == "__main__":

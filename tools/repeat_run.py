@@ -71,7 +71,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _netns import PeerNamespace, run_in_private_namespace  # this script's folder, tools/
+from _feeder import Feeder  # this script's folder, tools/
+from _netns import PeerNamespace, run_in_private_namespace
 
 from grapevine import Publisher, PublisherConfig, Subscriber, SubscriberConfig
 from grapevine._transport import open_sender
@@ -260,69 +261,6 @@ class RepeaterProcess:
             reader.join(5)
 
 
-class Feeder:
-    """Publishes the market's deltas at ``rate`` per second from its own thread; pausable
-    (``pause`` returns once no batch is being published)."""
-
-    def __init__(self, pub: Publisher[Any, Any], market: Market, rate: int) -> None:
-        self.pub, self.market, self.rate = pub, market, rate
-        self.sent = 0
-        self.error: str | None = None
-        self._cond = threading.Condition()
-        self._paused = True
-        self._idle = True
-        self._stopping = False
-        self._tick = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="repeat-run-feeder", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            owed, last = 0.0, time.monotonic()
-            while True:
-                with self._cond:
-                    if self._paused or self._stopping:
-                        self._idle = True
-                        self._cond.notify_all()
-                        self._cond.wait_for(lambda: not self._paused or self._stopping)
-                        if self._stopping:
-                            return
-                        self._idle = False
-                        last = time.monotonic()
-                now = time.monotonic()
-                owed += min(now - last, 0.05) * self.rate
-                last = now
-                if owed >= 1:
-                    batch = self.market.batch(int(owed))
-                    for leaf_id, delta in batch:
-                        self.pub.publish(leaf_id, delta)
-                    self.sent += len(batch)
-                    owed -= len(batch)
-                self._tick.wait(0.002)  # pacing, not synchronisation
-        except Exception as exc:  # noqa: BLE001 - reported in the JSON
-            self.error = repr(exc)
-            with self._cond:
-                self._idle = True
-                self._cond.notify_all()
-
-    def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
-
-    def pause(self) -> None:
-        with self._cond:
-            self._paused = True
-            self._cond.wait_for(lambda: self._idle, 10)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._tick.set()
-        self.thread.join(10)
-
-
 def truth_of(pub: Publisher[Any, Any]) -> dict[int, int]:
     return {leaf: book.checksum() for leaf, book in pub.values().items()}
 
@@ -423,7 +361,7 @@ def run_repeat(args: argparse.Namespace, peer: PeerNamespace) -> tuple[dict[str,
     try:
         with Publisher(model, config=PublisherConfig(keys=keys), initial=market.copy_books(),
                        group=_GROUP, port=port) as pub:
-            feeder = Feeder(pub, market, args.rate)
+            feeder = Feeder(pub, market, args.rate, paused=True, name="repeat-run-feeder")
             # Control: the publisher alone; B must hear nothing of A's multicast.
             feeder.resume()
             pause(0.5)
@@ -595,7 +533,7 @@ def run_mroute(args: argparse.Namespace, peer: PeerNamespace) -> tuple[dict[str,
         with Publisher(model, group=_GROUP, port=port, interface=_LAN_A, ttl=2,
                        config=PublisherConfig(keys=keys),
                        initial=market.copy_books()) as pub:
-            feeder = Feeder(pub, market, args.rate)
+            feeder = Feeder(pub, market, args.rate, paused=True, name="repeat-run-feeder")
             try:
                 feeder.resume()
                 pause(1.0)
