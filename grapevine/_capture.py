@@ -36,6 +36,7 @@ import math
 import mmap
 import socket
 import struct
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -182,6 +183,19 @@ class SkipCounts:
 def is_capture(head: bytes) -> bool:
     """True if ``head`` (a file's first bytes) starts a pcap or pcapng capture."""
     return head[:4] in _PCAP_MAGICS or head[:4] == _PCAPNG_SHB
+
+
+def read_capture(path: str | Path) -> bytes | mmap.mmap | None:
+    """A capture file's bytes for the tools (replay, play), or None after one error line
+    on stderr (unreadable, or not a pcap/pcapng capture)."""
+    try:
+        with open(path, "rb") as handle:
+            if not is_capture(handle.read(4)):
+                raise PcapError("not a pcap or pcapng capture")
+        return open_capture(path)
+    except (OSError, PcapError) as exc:
+        sys.stderr.write(f"error: cannot read {path}: {exc}\n")
+        return None
 
 
 def open_capture(path: str | Path) -> bytes | mmap.mmap:

@@ -14,8 +14,7 @@ from typing import TextIO
 
 from . import _live, _select, _show
 from ._capture import Packet
-from ._errors import NetworkError
-from ._live import Heard, Listener, stop_signals
+from ._live import Heard, open_listener, stop_signals
 from ._output import stop_quietly_on_broken_pipe
 from ._show import Datagram, Printer
 
@@ -38,10 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
     group, port = args.endpoint
-    try:
-        listener = Listener(group, port, args.interface)
-    except NetworkError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    listener = open_listener(group, port, args.interface)
+    if listener is None:
         return 1
     printer = Printer(args, out)
     # On stderr: stdout carries only what is heard (JSON Lines stay parseable).

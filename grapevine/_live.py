@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
+from ._errors import NetworkError
 from ._transport import (
     DEFAULT_GROUP,
     DEFAULT_INTERFACE,
@@ -140,6 +142,16 @@ class Listener:
             heard += 1
             on_datagram(datagram)
         return heard
+
+
+def open_listener(group: str, port: int, interface: str) -> Listener | None:
+    """The listener the live tools read from, or None after one error line on stderr
+    (an interface this host lacks, a port that cannot be joined)."""
+    try:
+        return Listener(group, port, interface)
+    except NetworkError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return None
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 from . import _live
-from ._capture import Capture, Packet, PcapError, is_capture, open_capture
+from ._capture import Capture, Packet, PcapError, read_capture
 from ._errors import NetworkError
 from ._live import stop_signals
 from ._select import Selection, id_argument
@@ -71,13 +71,8 @@ def _run(args: argparse.Namespace, stop: threading.Event) -> int:
         sys.stderr.write("error: --speed must be positive\n")
         return 1
     group, port = args.endpoint
-    try:
-        with open(args.file, "rb") as handle:
-            if not is_capture(handle.read(4)):
-                raise PcapError("not a pcap or pcapng capture")
-        data = open_capture(args.file)
-    except (OSError, PcapError) as exc:
-        sys.stderr.write(f"error: cannot read {args.file}: {exc}\n")
+    data = read_capture(args.file)
+    if data is None:
         return 1
     try:
         sender = open_sender(group, port, interface=args.interface, ttl=args.ttl)

@@ -17,8 +17,7 @@ import threading
 from typing import BinaryIO
 
 from . import _live
-from ._errors import NetworkError
-from ._live import Heard, Listener, stop_signals
+from ._live import Heard, open_listener, stop_signals
 from ._pcapng_writer import PcapngWriter
 
 __all__ = ["add_arguments", "run"]
@@ -41,10 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: threading.Event) -> int:
     group, port = args.endpoint
-    try:
-        listener = Listener(group, port, args.interface)
-    except NetworkError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    listener = open_listener(group, port, args.interface)
+    if listener is None:
         return 1
     with contextlib.ExitStack() as stack:
         stack.enter_context(listener)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from ._capture import Capture, Packet, PcapError, is_capture, open_capture
+from ._capture import Capture, Packet, PcapError, read_capture
 from ._errors import DecodeError, EncodeError
 from ._output import stop_quietly_on_broken_pipe
 from ._records import book_fields
@@ -79,13 +79,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.depth < 0:
         sys.stderr.write("error: --depth must be at least 0\n")
         return 1
-    try:
-        with open(args.capture, "rb") as handle:
-            if not is_capture(handle.read(4)):
-                raise PcapError("not a pcap or pcapng capture")
-        data = open_capture(args.capture)
-    except (OSError, PcapError) as exc:
-        sys.stderr.write(f"error: cannot read {args.capture}: {exc}\n")
+    data = read_capture(args.capture)
+    if data is None:
         return 1
     model = OrderBookModel()
     core: SubscriberCore[OrderBook, BookDelta] = SubscriberCore(

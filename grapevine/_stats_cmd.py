@@ -18,8 +18,8 @@ import time
 from typing import Any, TextIO
 
 from . import _live
-from ._errors import DecodeError, NetworkError
-from ._live import Heard, Listener, stop_signals
+from ._errors import DecodeError
+from ._live import Heard, Listener, open_listener, stop_signals
 from ._output import stop_quietly_on_broken_pipe
 from ._traffic import Traffic, render_report
 from .codec import decode_datagram
@@ -101,10 +101,8 @@ class _Live:
 
 def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
     group, port = args.endpoint
-    try:
-        listener = Listener(group, port, args.interface)
-    except NetworkError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    listener = open_listener(group, port, args.interface)
+    if listener is None:
         return 1
     sys.stderr.write(f"listening on {group}:{port} via {args.interface}\n")
     sys.stderr.flush()
