@@ -9,7 +9,6 @@ sequence table are parsed and compared with the code and the vectors.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import struct
@@ -19,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from spec_text import ids, load_tool, markdown_table, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
@@ -56,35 +56,11 @@ HEX_BLOCK = re.compile(r"^```hex vector=orderbook/(\S+)(?: step=(\d+))?\n(.*?)^`
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_book_vectors",
-                                                  ROOT / "tools" / "make_book_vectors.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def ids(vectors: list[dict[str, Any]]) -> list[str]:
-    return [v["name"] for v in vectors]
-
+    return load_tool("make_book_vectors")
 
 def table_after(marker: str, text: str = DOC) -> list[list[str]]:
-    """The body rows (cells stripped) of the Markdown table right after ``<!-- marker -->``."""
-    tag = f"<!-- {marker} -->"
-    assert text.count(tag) == 1, f"ORDERBOOK.md needs exactly one {tag}"
-    rows = []
-    for line in text.split(tag, 1)[1].lstrip("\n").splitlines():
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-    assert len(rows) >= 3, f"no table after {tag}"
-    assert set(rows[1][0]) <= set("-: "), f"malformed table after {tag}"
-    return rows[2:]
+    return markdown_table(text, marker)
 
-
-def unquote(cell: str) -> str:
-    return cell.strip("`")
 
 
 def section(heading: str) -> str:

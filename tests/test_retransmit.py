@@ -262,6 +262,15 @@ class Link:
         self.sub.poll(self.now)
         self.sub._check()
 
+    def lose_one(self) -> None:
+        """A datagram carrying leaf 1's change is lost; three datagrams after it (leaf 2's
+        changes) arrive and confirm the hole."""
+        self.pub.publish(1, 100)
+        self.sent()
+        for value in range(3):
+            self.pub.publish(2, value)
+            self.deliver(self.sent())
+
     def answer(self) -> int:
         """Serve the subscriber's pending requests; the number of datagrams resent."""
         requests, self.sub.requests = self.sub.requests, []
@@ -297,11 +306,7 @@ def test_a_hole_repaired_in_time_is_no_gap_and_leaves_no_leaf_stale() -> None:
 
 def test_a_hole_waits_for_retransmission_then_falls_back_to_a_gap() -> None:
     link = Link()
-    link.pub.publish(1, 100)
-    link.sent()  # lost, and nobody answers
-    for value in range(3):
-        link.pub.publish(2, value)
-        link.deliver(link.sent())
+    link.lose_one()  # and nobody answers
     link.tick(0.03)  # past the reorder window: still waiting for a retransmission
     assert link.sub.stats.gaps == 0
     assert link.sub.stats.retransmit_requests >= 1
@@ -316,11 +321,7 @@ def test_a_hole_waits_for_retransmission_then_falls_back_to_a_gap() -> None:
 
 def test_unavailable_makes_the_gap_at_once() -> None:
     link = Link()
-    link.pub.publish(1, 100)
-    link.sent()
-    for value in range(3):
-        link.pub.publish(2, value)
-        link.deliver(link.sent())
+    link.lose_one()
     link.tick(0.025)  # past the reorder window; the first request went out
     assert link.pub.retransmit_server is not None
     link.pub.retransmit_server.ring.clear()  # the publisher no longer holds it
@@ -331,11 +332,7 @@ def test_unavailable_makes_the_gap_at_once() -> None:
 
 def test_a_late_retransmission_after_the_gap_changes_nothing() -> None:
     link = Link()
-    link.pub.publish(1, 100)
-    link.sent()
-    for value in range(3):
-        link.pub.publish(2, value)
-        link.deliver(link.sent())
+    link.lose_one()
     link.tick(0.1)  # given up: a gap
     assert link.sub.stats.gaps == 1
     for _ in range(3):
@@ -352,11 +349,7 @@ def test_a_late_retransmission_after_the_gap_changes_nothing() -> None:
 
 def test_retransmission_off_asks_for_nothing() -> None:
     link = Link(retransmit=False)
-    link.pub.publish(1, 100)
-    link.sent()
-    for value in range(3):
-        link.pub.publish(2, value)
-        link.deliver(link.sent())
+    link.lose_one()
     link.tick(0.025)
     assert link.sub.requests == []
     assert link.sub.stats.gaps == 1
@@ -495,11 +488,7 @@ def test_a_subscriber_can_serve_retransmissions_as_a_replayer(endpoint: dict[str
 
 def test_an_overloaded_subscriber_gives_up_its_holes_instead_of_asking() -> None:
     link = Link()
-    link.pub.publish(1, 100)
-    link.sent()  # lost (as if the kernel dropped it: the runtime says so below)
-    for value in range(3):  # three datagrams after it confirm the hole
-        link.pub.publish(2, value)
-        link.deliver(link.sent())
+    link.lose_one()  # as if the kernel dropped it: the runtime says so below
     link.sub.overloaded(link.now)
     link.tick(0.025)  # the reorder window, not retransmit_wait_s
     assert link.sub.requests == []

@@ -3,13 +3,13 @@ construct definition, the fast encoder and decoder, and the authentication code.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from spec_text import load_tool
 
 from grapevine import DecodeError, wire
 from grapevine._retransmit import RetransmitMessage, decode_retransmit, encode_retransmit
@@ -23,14 +23,7 @@ INVALID = [v for v in VECTORS if not v["valid"]]
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "make_retransmit_vectors", ROOT / "tools" / "make_retransmit_vectors.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+    return load_tool("make_retransmit_vectors")
 
 def test_the_vectors_on_disk_are_what_the_generator_writes() -> None:
     files = _generator().expected_files()

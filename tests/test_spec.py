@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spec_text import markdown_table, unquote
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
@@ -42,22 +43,8 @@ def block_bytes(content: str) -> bytes:
 
 
 def table_after(marker: str, text: str = SPEC) -> list[list[str]]:
-    """The body rows (cells stripped) of the Markdown table right after ``<!-- marker -->``."""
-    tag = f"<!-- {marker} -->"
-    assert text.count(tag) == 1, f"SPEC.md needs exactly one {tag}"
-    lines = text.split(tag, 1)[1].lstrip("\n").splitlines()
-    rows = []
-    for line in lines:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-    assert len(rows) >= 3, f"no table after {tag}"
-    assert set(rows[1][0]) <= set("-: "), f"malformed table after {tag}"
-    return rows[2:]
+    return markdown_table(text, marker)
 
-
-def unquote(cell: str) -> str:
-    return cell.strip("`")
 
 
 def parse_int(cell: str) -> int:

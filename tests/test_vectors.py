@@ -4,7 +4,6 @@ and the authentication verdicts (grapevine.auth and the subscriber core)."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import struct
@@ -14,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from spec_text import ids, load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
@@ -35,16 +35,8 @@ AUTHENTICATED = [v for v in VECTORS if "auth" in v]  # with a receiver's key and
 
 
 def load_make_vectors() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_vectors", ROOT / "tools/make_vectors.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_vectors")
 
-
-def ids(vectors: list[dict[str, Any]]) -> list[str]:
-    return [v["name"] for v in vectors]
 
 
 def message_json(msg: codec.Message) -> dict[str, Any]:
