@@ -63,7 +63,9 @@ def test_loss_is_detected_and_repaired(endpoint: Endpoint) -> None:
     def drop(_: memoryview) -> bool:
         return lossy["on"] and rng.random() < 0.1
 
-    config = SubscriberConfig(reorder_window_s=0.005)
+    # Snapshot repair is what this test is about: without retransmission (which would
+    # fill most holes first; tests/test_retransmit.py covers it).
+    config = SubscriberConfig(reorder_window_s=0.005, retransmit=False)
     with Publisher(model, config=fast_publisher(), **endpoint) as pub, \
             Subscriber(model, config=config, drop_filter=drop, **endpoint) as sub:
         events: list[StatusEvent] = []
