@@ -487,9 +487,18 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self._tokens_at = now
 
     def _maybe_queue_snapshot(self, now: float) -> None:
-        # Queue every snapshot the budget allows now: under load they wait behind the
-        # deltas already queued, but keep their pace instead of one per pass of the queue.
+        # Queue the snapshots the budget allows now, but at most a datagram's worth per
+        # call: under load they wait behind the deltas already queued yet keep their pace
+        # (every datagram built queues more), and no call encodes more than that at once,
+        # so a delta published meanwhile never waits behind a long slice of snapshot work
+        # (and an unbounded budget cannot make one call run for ever).
+        stats = self.stats
+        start_bytes, start_count = stats.snapshot_bytes, stats.snapshots
         while self._snapshot_due_at(now) <= now:
+            queued = (stats.snapshot_bytes - start_bytes
+                      + (stats.snapshots - start_count) * SNAPSHOT_OVERHEAD)
+            if queued >= self._room:
+                break
             self._queue_next_snapshot(now)
 
     def _queue_next_snapshot(self, now: float) -> None:

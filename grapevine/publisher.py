@@ -430,6 +430,12 @@ class Publisher(Generic[LeafT, DeltaT]):
                     self._wake.wait(linger_until - now)
                     self._sender_waiting = False
                     continue
+                if self._stopping and not core.queued_deltas:
+                    # Every delta is out: stop now. Waiting for next_datagram() to run dry
+                    # could take forever when the snapshot cycle is CPU-bound (it then
+                    # always has another snapshot due).
+                    self._room.notify_all()
+                    break
                 datagram = core.next_datagram(now, time.time_ns())
                 if core.new_snapshot_failures:  # leaves that just started failing to encode
                     news = list(core.new_snapshot_failures)

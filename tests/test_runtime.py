@@ -413,3 +413,22 @@ def test_publish_many_stops_at_a_full_queue_and_says_how_far_it_got(
             pub.publish_many((i, i) for i in range(10))
         assert caught.value.published == 5
         assert sorted(pub.values()) == [0, 1, 2, 3, 4]
+
+
+def test_close_stops_a_publisher_whose_snapshot_cycle_never_runs_dry(
+        endpoint: dict[str, Any]) -> None:
+    """With an unbounded snapshot budget the sender always has another snapshot due; close
+    must still stop it once every delta is out (it used to wait for an idle moment that
+    never came, give up after the timeout and close the socket under the sender)."""
+    config = fast_publisher(snapshot_bytes_per_s=1e12, min_cycle_s=0.0)
+    ended = threading.Event()
+    with Subscriber(BytesModel(), on_status=lambda e: ended.set()
+                    if e.kind is Status.SESSION_ENDED else None, **endpoint) as sub:
+        pub = Publisher(BytesModel(), config=config,
+                        initial={i: b"x" * 100 for i in range(2_000)}, **endpoint)
+        seq = pub.publish(1, b"last")
+        assert sub.wait_until_applied(seq, timeout=20)
+        pub.close(timeout=10)
+        assert not any(t.name.startswith("grapevine-sender") for t in threading.enumerate())
+        assert pub.stats().send_errors == 0
+        assert ended.wait(10)
