@@ -425,7 +425,7 @@ def test_close_stops_a_publisher_whose_snapshot_cycle_never_runs_dry(
     with Subscriber(BytesModel(), on_status=lambda e: ended.set()
                     if e.kind is Status.SESSION_ENDED else None, **endpoint) as sub:
         pub = Publisher(BytesModel(), config=config,
-                        initial={i: b"x" * 100 for i in range(2_000)}, **endpoint)
+                        initial=dict.fromkeys(range(2000), b"x" * 100), **endpoint)
         seq = pub.publish(1, b"last")
         assert sub.wait_until_applied(seq, timeout=20)
         pub.close(timeout=10)
