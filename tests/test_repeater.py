@@ -709,7 +709,10 @@ def test_subscribers_on_b_repair_from_the_repeater_not_across_the_link(
             return True
         return False
 
-    with Subscriber(model, drop_filter=drop, **pair["b"]) as sub, \
+    # A generous wait: on a loaded CI machine the answer may take longer than the default
+    # 60 ms, and this test is about who answers, not how fast.
+    patient = SubscriberConfig(retransmit_wait_s=2.0)
+    with Subscriber(model, config=patient, drop_filter=drop, **pair["b"]) as sub, \
             Publisher(model, initial=market.copy_books(), **pair["a"]) as pub:
         for _ in range(10):
             publish(pub, market, 300)
