@@ -361,6 +361,18 @@ def test_retransmission_off_asks_for_nothing() -> None:
 # ---------------------------------------------------------------------------- runtime
 
 
+def publish_in_bursts(pub: Publisher[bytes, bytes], count: int, *, leaves: int,
+                      form: bytes) -> int:
+    """``count`` changes over ``leaves`` leaves, flushed every 50 (so that datagrams are
+    many and small, and a loss is one of them); the last sequence."""
+    seq = 0
+    for i in range(count):
+        seq = pub.publish(i % leaves, form % i)
+        if i % 50 == 0:
+            assert pub.flush(5)
+    return seq
+
+
 def _lose_once(predicate: Any) -> Any:
     """A drop filter that drops the first datagram matching ``predicate`` and records
     its DELTAs and when it was dropped."""
@@ -391,11 +403,7 @@ def test_a_lost_datagram_is_sent_again_and_no_leaf_goes_stale(endpoint: dict[str
             Publisher(model, config=fast_publisher(), **endpoint) as pub:
         sub.on_update(lambda u: applied.setdefault(u.sequence, time.monotonic()),
                       as_update=True)
-        seq = 0
-        for i in range(400):
-            seq = pub.publish(i % 30, b"v%d" % i)
-            if i % 50 == 0:
-                assert pub.flush(5)
+        seq = publish_in_bursts(pub, 400, leaves=30, form=b"v%d")
         assert sub.wait_until_applied(seq, timeout=10)
         assert wait_until(lambda: drop.lost and drop.lost[0][0][0].seq in applied)
         stats, published = sub.stats(), pub.stats()
@@ -418,11 +426,7 @@ def test_signed_streams_retransmit_and_unsigned_requests_are_refused(
                     drop_filter=drop,
                     **endpoint) as sub, \
             Publisher(model, config=fast_publisher(keys=KEYS), **endpoint) as pub:
-        seq = 0
-        for i in range(300):
-            seq = pub.publish(i % 10, b"%d" % i)
-            if i % 50 == 0:
-                assert pub.flush(5)
+        seq = publish_in_bursts(pub, 300, leaves=10, form=b"%d")
         assert sub.wait_until_applied(seq, timeout=10)
         assert wait_until(lambda: sub.stats().retransmitted_datagrams >= 1)
         assert sub.stats().gaps == 0
@@ -448,11 +452,7 @@ def test_a_publisher_without_retransmission_still_repairs_by_snapshots(
             Publisher(model, config=fast_publisher(retransmit_datagrams=0),
                       **endpoint) as pub:
         sub.on_status(lambda e: repaired.set() if e.kind is Status.GAP else None)
-        seq = 0
-        for i in range(300):
-            seq = pub.publish(i % 10, b"%d" % i)
-            if i % 50 == 0:
-                assert pub.flush(5)
+        seq = publish_in_bursts(pub, 300, leaves=10, form=b"%d")
         assert repaired.wait(10)  # nobody answered: the hole became a gap
         assert sub.wait_until_applied(seq, timeout=10)
         assert wait_until(lambda: sub.values() == pub.values())
@@ -475,11 +475,7 @@ def test_a_subscriber_can_serve_retransmissions_as_a_replayer(endpoint: dict[str
                         retransmit_server=replayer.retransmit_address, **endpoint) as sub, \
                 Publisher(model, config=fast_publisher(retransmit_datagrams=0),
                           **endpoint) as pub:
-            seq = 0
-            for i in range(300):
-                seq = pub.publish(i % 10, b"%d" % i)
-                if i % 50 == 0:
-                    assert pub.flush(5)
+            seq = publish_in_bursts(pub, 300, leaves=10, form=b"%d")
             assert sub.wait_until_applied(seq, timeout=10)
             assert wait_until(lambda: sub.values() == pub.values())
             stats = sub.stats()

@@ -449,7 +449,29 @@ class GvPub(PubSystem):
         self.pub.close()
 
 
-class PubWorker:
+class _Role:
+    """What the pub and sub roles share: the optional peer libraries and the system under
+    test, opened per trial and closed before the next (or at shutdown)."""
+
+    system: PubSystem | SubSystem | None
+
+    def __init__(self) -> None:
+        self.zmq = optional("zmq")
+        self.zmq_context: Any = self.zmq.Context() if self.zmq is not None else None
+        self.lcm = optional("lcm")
+
+    def close_system(self) -> None:
+        if self.system is not None:
+            system, self.system = self.system, None
+            system.close()
+
+    def shutdown(self) -> None:
+        self.close_system()
+        if self.zmq_context is not None:
+            self.zmq_context.term()
+
+
+class PubWorker(_Role):
     """The ``pub`` role: one publisher at a time, opened per trial."""
 
     def __init__(self, config: dict[str, Any], commands: Commands) -> None:
@@ -460,9 +482,7 @@ class PubWorker:
         self.pool_bytes = Path(config["pool"]).read_bytes()
         self.pool_size = len(self.pool_bytes) // POOL_ENTRY.size
         self.pool: list[tuple[int, BookDelta]] = []
-        self.zmq = optional("zmq")
-        self.zmq_context: Any = self.zmq.Context() if self.zmq is not None else None
-        self.lcm = optional("lcm")
+        super().__init__()
         self.system: PubSystem | None = None
         self.trial = 0
         self.cpu_start = 0.0
@@ -550,15 +570,6 @@ class PubWorker:
             return {"closed": True}
         raise ValueError(f"unknown command {name!r}")
 
-    def close_system(self) -> None:
-        if self.system is not None:
-            system, self.system = self.system, None
-            system.close()
-
-    def shutdown(self) -> None:
-        self.close_system()
-        if self.zmq_context is not None:
-            self.zmq_context.term()
 
 
 # ---------------------------------------------------------------------------- subscribers
@@ -849,14 +860,12 @@ class GvSub(SubSystem):
         self.sub.close()
 
 
-class SubWorker:
+class SubWorker(_Role):
     """The ``sub`` role: one subscriber at a time, armed per trial."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.initial = read_books(config["books"])
-        self.zmq = optional("zmq")
-        self.zmq_context: Any = self.zmq.Context() if self.zmq is not None else None
-        self.lcm = optional("lcm")
+        super().__init__()
         self.rec = Recorder(0)
         self.system: SubSystem | None = None
         self.cpu_start = 0.0
@@ -968,15 +977,6 @@ class SubWorker:
             result["latency"] = percentiles(lats)
         return result
 
-    def close_system(self) -> None:
-        if self.system is not None:
-            system, self.system = self.system, None
-            system.close()
-
-    def shutdown(self) -> None:
-        self.close_system()
-        if self.zmq_context is not None:
-            self.zmq_context.term()
 
 
 # ---------------------------------------------------------------------------- late join
