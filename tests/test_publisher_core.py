@@ -109,6 +109,50 @@ def test_min_cycle_spaces_small_cycles_and_heartbeats_fill_silence() -> None:
     assert heartbeats >= 5
 
 
+def snapshot_times(pub: PublisherCore[Any, Any], start: float, seconds: float,
+                   step: float = 0.001) -> list[tuple[float, int]]:
+    """(time, snapshots in the datagram) for every datagram carrying snapshots."""
+    out = []
+    for tick in range(round(seconds / step)):
+        now = start + tick * step
+        for datagram in drain(pub, now):
+            snaps = sum(isinstance(m, Snapshot) for m in datagram.messages)
+            if snaps:
+                out.append((now, snaps))
+    return out
+
+
+@pytest.mark.parametrize("leaves", [60, 1000])
+def test_a_small_states_cycle_is_spread_over_min_cycle_not_burst(leaves: int) -> None:
+    """After the first cycle (at the budget), snapshots keep pace with min_cycle_s: no
+    window of 10 ms carries more than its share of the cycle plus one datagram's worth,
+    the cycle still takes min_cycle_s, and small leaves still share datagrams."""
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=0.25), session_id=1)
+    for leaf in range(leaves):
+        pub.publish(leaf, leaf)
+    first = snapshot_times(pub, 0.0, 0.25)
+    assert sum(n for _, n in first) == leaves
+    assert first[-1][0] < 0.05  # the first cycle goes at the budget
+    times = snapshot_times(pub, 0.25, 1.0)
+    assert pub.stats.cycles == 5  # one at the budget, then one per 0.25 s
+    per_datagram = max(n for _, n in times)
+    assert per_datagram > 10  # batched, not one snapshot per datagram
+    share = leaves * 0.01 / 0.25
+    for at, _ in times:
+        window = sum(n for t, n in times if at <= t < at + 0.01)
+        assert window <= share + 2 * per_datagram, (at, window)
+
+
+def test_a_spread_cycle_keeps_its_period_when_the_state_grows() -> None:
+    pub = PublisherCore(ChainModel(), PublisherConfig(min_cycle_s=0.25), session_id=1)
+    for leaf in range(10):
+        pub.publish(leaf, leaf)
+    snapshot_times(pub, 0.0, 0.25)  # the first cycle, of 10 leaves
+    for leaf in range(10, 2000):  # the state grows 200-fold
+        pub.publish(leaf, leaf)
+    snapshot_times(pub, 0.25, 1.0)
+    assert pub.stats.cycles >= 4  # spread against the leaves there are now, not the past
+
 def test_large_leaves_are_fragmented_into_full_datagrams() -> None:
     pub = PublisherCore(BlobModel(), PublisherConfig(max_datagram_size=300, min_cycle_s=100),
                         session_id=1)

@@ -131,6 +131,7 @@ class Pair:
         assert self.pub._cursor is None, "the previous cycle is unfinished"
         self.now += 1.0  # refills the snapshot budget
         self.pub._cycle_started_at = -1e9  # lifts min_cycle_s once
+        self.pub._spreading = False  # and its spreading: the whole cycle goes at once
         return self.sent()
 
 

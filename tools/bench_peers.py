@@ -147,7 +147,14 @@ def short(n: float) -> str:
     return f"{n:g}"
 
 
+GROUPS = ("throughput", "latency", "cpu", "state")
+
+
 def columns_for(args: argparse.Namespace) -> list[Column]:
+    return [c for c in all_columns(args) if c.group in args.groups]
+
+
+def all_columns(args: argparse.Namespace) -> list[Column]:
     cols = [Column("zero_gap_rate", "max zero-gap rate", "msg/s", "throughput"),
             Column("flood_rate", "flood delivered", "msg/s", "throughput"),
             Column("flood_loss", "flood loss", "%", "throughput")]
@@ -573,7 +580,7 @@ class Bench:
                     cells(row.key, key).flags.add("lost")
                 if not trial.kept_pace:
                     cells(row.key, key).flags.add("pace")
-            if cpu_too:
+            if cpu_too and "cpu" in args.groups:
                 record_cpu(trial, 1)
 
         def record_cpu(trial: Trial, nsubs: int) -> None:
@@ -591,14 +598,18 @@ class Bench:
                                f"cpu x{nsubs}", repeat)
             record_cpu(trial, nsubs)
 
+        groups = args.groups
         progress(f"repeat {repeat + 1}/{args.repeats}: {row.label}")
-        attempt("zero-gap search", search)
-        attempt("flood", flood)
-        for rate in args.latency_rates:
-            attempt(f"latency at {rate:g}/s", functools.partial(latency, rate))
-        if args.cpu_rate not in args.latency_rates:
-            attempt("CPU, 1 subscriber", lambda: cpu(1))
-        attempt("CPU, 4 subscribers", lambda: cpu(4))
+        if "throughput" in groups:
+            attempt("zero-gap search", search)
+            attempt("flood", flood)
+        if "latency" in groups:
+            for rate in args.latency_rates:
+                attempt(f"latency at {rate:g}/s", functools.partial(latency, rate))
+        if "cpu" in groups:
+            if args.cpu_rate not in args.latency_rates or "latency" not in groups:
+                attempt("CPU, 1 subscriber", lambda: cpu(1))
+            attempt("CPU, 4 subscribers", lambda: cpu(4))
 
     # -- late join and memory, one repeat
 
@@ -754,6 +765,8 @@ def markdown(summary: list[dict[str, Any]], columns: list[Column]) -> str:
     lines: list[str] = []
     for group, title in titles.items():
         cols = [c for c in columns if c.group == group]
+        if not cols:  # a group left out (--groups)
+            continue
         lines += [f"### {title}", "",
                   "| row | " + " | ".join(c.label for c in cols) + " |",
                   "|---|" + "---:|" * len(cols)]
@@ -846,6 +859,7 @@ def chart(summary: list[dict[str, Any]], columns: list[Column], path: Path) -> s
         ("late join, s", [c.key for c in columns if c.key.startswith("late_join")], True),
     ]
     by_key = {c.key: c for c in columns}
+    panels = [(title, [k for k in keys if k in by_key], log) for title, keys, log in panels]
     fig, axes = plt.subplots(2, 2, figsize=(16, 10))
     for ax, (title, keys, log) in zip(axes.flat, panels, strict=True):
         width = 0.8 / max(len(keys), 1)
@@ -905,6 +919,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                              "1000 and 30)")
     parser.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS],
                         help="only these rows (the baseline is always measured)")
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS),
+                        help="only these groups of columns (default: all)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json-out", type=Path, help="write the results as JSON here")
     parser.add_argument("--png-out", type=Path,
@@ -1012,8 +1028,10 @@ def inside(args: argparse.Namespace) -> int:
             write_pool(bench.pool_file, market.batch(args.pool)[:args.pool])
             del market
             books_files: dict[int, Path] = {}
-            lj_rows = [r for r in rows if r.system == "gv-book" and available[r.key] is None]
-            plain_rows = [r for r in rows if r.system in ("zmq", "lcm")
+            state = "state" in args.groups
+            lj_rows = [r for r in rows if state and r.system == "gv-book"
+                       and available[r.key] is None]
+            plain_rows = [r for r in rows if state and r.system in ("zmq", "lcm")
                           and available[r.key] is None]
             if lj_rows or plain_rows:
                 for books in args.late_join_books:
