@@ -267,7 +267,22 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         else:
             leaves[leaf_id] = model.apply(model.new_leaf(), delta)
             flags = DeltaFlag.CREATE
-        return self._enqueue_delta(leaf_id, flags, payload)
+        # _enqueue_delta, inlined: this is the per-delta cost of every publish.
+        leaf_seqs = self._leaf_seqs
+        leaf_seq = leaf_seqs.get(leaf_id, 0) + 1
+        leaf_seqs[leaf_id] = leaf_seq
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self._queue.append((leaf_id, leaf_seq, flags, payload))
+        self._queued_deltas += 1
+        self._queued_delta_bytes += DELTA_OVERHEAD + len(payload)
+        self.stats.deltas += 1
+        if self._summaries:
+            touched = self._touched
+            touched[leaf_id] = leaf_seq
+            if len(touched) >= self._touched_max:
+                self._queue_touched()  # a summary must fit one datagram
+        return seq
 
     def delete(self, leaf_id: int) -> int:
         """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""
@@ -412,7 +427,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             # always learn the interval (and derive their silence timeout) from it.
             self._add_heartbeat(now)
         queue = self._queue
-        add_delta = builder.add_delta
+        add_deltas = builder.add_queued_deltas
         while True:
             if not queue:
                 # Fill the rest of the datagram with snapshots while the budget allows.
@@ -423,9 +438,9 @@ class PublisherCore(Generic[LeafT, DeltaT]):
                     break
             item = queue[0]
             if type(item) is tuple:
-                if not add_delta(*item):
-                    break
-                queue.popleft()
+                add_deltas(queue)  # every leading delta that fits
+                if queue and type(queue[0]) is tuple:
+                    break  # the next one did not fit: the datagram is full
                 continue
             if type(item) is Touched:
                 if not builder.add_touched(item):

@@ -118,6 +118,7 @@ class Publisher(Generic[LeafT, DeltaT]):
             (lambda data: sock.sendto(data, destination)) if serving else sock.send)
         self.group, self.port, self.stream_id = group, port, stream_id
         self._on_full = on_full
+        self._max_queued = self.config.max_queued_deltas
         self._publish_timeout = publish_timeout
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # publish -> sender
@@ -149,11 +150,12 @@ class Publisher(Generic[LeafT, DeltaT]):
     def publish(self, leaf_id: int, delta: DeltaT) -> int:
         """Apply ``delta`` to leaf ``leaf_id`` (creating it) and queue it; returns its seq."""
         with self._lock:
-            self._check_open()
+            if self._stopping or self._closed or self._failure is not None:
+                self._check_open()  # raises
             core = self._core
-            if core.queued_deltas >= self.config.max_queued_deltas:
+            if core._queued_deltas >= self._max_queued:  # the hot path: no property call
                 self._wait_for_room()
-            if self._linger_s and not core.queued_deltas:
+            if self._linger_s and not core._queued_deltas:
                 self._burst_started_at = time.monotonic()
             seq = core.publish(leaf_id, delta)
             if self._sender_waiting:

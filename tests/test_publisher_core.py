@@ -9,7 +9,15 @@ from helpers import BlobModel, ChainModel, unnarrowed
 
 from grapevine import ConfigError, EncodeError, QueueFullError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
-from grapevine.codec import SNAPSHOT_OVERHEAD, Decoded, Delta, Heartbeat, Snapshot, decode_datagram
+from grapevine.codec import (
+    SNAPSHOT_OVERHEAD,
+    Decoded,
+    Delta,
+    Heartbeat,
+    Snapshot,
+    Touched,
+    decode_datagram,
+)
 from grapevine.wire import MAX_LEAF_ID, DeltaFlag, SnapshotFlag
 
 
@@ -219,3 +227,88 @@ def test_a_busy_stream_still_carries_a_heartbeat_every_interval() -> None:
         for datagram in drain(pub, tick * 0.01):
             beats += sum(isinstance(m, Heartbeat) for m in datagram.messages)
     assert 9 <= beats <= 11
+
+
+def test_add_queued_deltas_packs_exactly_what_add_delta_would() -> None:
+    """The builder's per-datagram fast path against the per-delta one, on random deltas
+    and mixed queues: the same bytes, the same items left, the same errors."""
+    import random
+    from collections import deque
+
+    from grapevine.codec import DatagramBuilder
+
+    rng = random.Random(7)
+    for _ in range(300):
+        items: list[Any] = []
+        for _ in range(rng.randrange(0, 80)):
+            if rng.random() < 0.05:
+                items.append(Touched(1, 2, ()))  # any non-delta item stops the batch
+            else:
+                flags = rng.choice([0, 0, 0, int(DeltaFlag.CREATE), int(DeltaFlag.DELETE)])
+                payload = b"" if flags == DeltaFlag.DELETE else bytes(rng.randrange(0, 90))
+                items.append((rng.randrange(1 << 32), rng.randrange(1, 1 << 32), flags,
+                              payload))
+        size = rng.randrange(200, 1400)
+        fast, slow = DatagramBuilder(0, 1, size), DatagramBuilder(0, 1, size)
+        fast.start(5)
+        slow.start(5)
+        if rng.random() < 0.5:
+            fast.add_heartbeat(100)
+            slow.add_heartbeat(100)
+        queue = deque(items)
+        fast.add_queued_deltas(queue)
+        expected = deque(items)
+        while expected and type(expected[0]) is tuple and slow.add_delta(*expected[0]):
+            expected.popleft()
+        assert list(queue) == list(expected)
+        assert (fast.count, fast.delta_count, fast.delta_bytes, fast.room) == (
+            slow.count, slow.delta_count, slow.delta_bytes, slow.room)
+        assert bytes(fast.finish(9)) == bytes(slow.finish(9))
+
+
+@pytest.mark.parametrize("bad", [(1, 0, 0, b"x"), (1, 1, 3, b""), (1, 1, 2, b"x"),
+                                 (1 << 32, 1, 0, b"x"), (1, 1, 0, bytes(2000))])
+def test_add_queued_deltas_raises_what_add_delta_raises(bad: tuple[int, int, int, bytes]
+                                                        ) -> None:
+    from collections import deque
+
+    from grapevine.codec import DatagramBuilder
+
+    builder = DatagramBuilder(0, 1, 1400)
+    builder.start(1)
+    with pytest.raises(EncodeError):
+        builder.add_queued_deltas(deque([bad]))
+    builder.start(1)
+    queue: deque[Any] = deque([(1, 1, 0, b"ok"), bad])
+    if len(bad[3]) > 1400:  # too large for any datagram, but not for this one's rest
+        builder.add_queued_deltas(queue)
+        assert builder.delta_count == 1
+        assert len(queue) == 1
+    else:
+        with pytest.raises(EncodeError):
+            builder.add_queued_deltas(queue)
+
+
+def test_add_touched_packs_what_the_decoder_reads_and_refuses_what_it_drops() -> None:
+    import random
+
+    from grapevine.codec import DatagramBuilder
+
+    rng = random.Random(3)
+    for count in (0, 1, 2, 50, 110):
+        ids = sorted(rng.sample(range(1 << 32), count))
+        entries = tuple((leaf, rng.randrange(1, 1 << 63)) for leaf in ids)
+        builder = DatagramBuilder(0, 1, 1400)
+        builder.start(10)
+        assert builder.add_touched(Touched(3, 10, entries))
+        [message] = decode_datagram(bytes(builder.finish(1))).messages
+        assert message == Touched(3, 10, entries)
+    for bad in (((2, 1), (1, 1)), ((1, 1), (1, 2)), ((1, 0),), ((1 << 32, 1),)):
+        builder = DatagramBuilder(0, 1, 1400)
+        builder.start(10)
+        with pytest.raises(EncodeError):
+            builder.add_touched(Touched(3, 10, bad))
+    builder = DatagramBuilder(0, 1, 1400)
+    builder.start(10)
+    with pytest.raises(EncodeError):
+        builder.add_touched(Touched(3, 11, ()))  # ahead of the stream
