@@ -196,6 +196,10 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             self._check_leaf_id(leaf_id)
             self.leaves[leaf_id] = value  # leaf_seq 0: unchanged in this session
         self._leaf_seqs: dict[int, int] = {}
+        # Each leaf's last snapshot encoding, with the leaf_seq it encodes: an unchanged
+        # leaf is not encoded again in the next cycle (a copy of the state in encoded
+        # form, a small share of a decoded order book's memory).
+        self._encodings: dict[int, tuple[int, bytes]] = {}
         self.next_seq = 1  # the sequence the next published delta gets
         self._packed_seq = 1  # the sequence of the next delta not yet packed in a datagram
         self._queue: deque[tuple[int, int, int, bytes] | _QueuedSnapshot | Touched] = deque()
@@ -292,6 +296,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if self._queued_deltas >= self.config.max_queued_deltas:
             raise QueueFullError(f"{self._queued_deltas} deltas are queued")
         del self.leaves[leaf_id]
+        self._encodings.pop(leaf_id, None)
         if self.snapshot_failures:
             self.snapshot_failures.pop(leaf_id, None)
         return self._enqueue_delta(leaf_id, DeltaFlag.DELETE, b"")
@@ -586,15 +591,24 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             leaf_id = keys[position]
             range_start = keys[position - 1] + 1 if position else 0
             last = position == count - 1
-            try:
-                payload = self._encode_leaf(leaves[leaf_id])
-            except Exception as exc:  # noqa: BLE001 - the model's: skip the leaf, see below
-                self._snapshot_failed(leaf_id, exc, last)
-                return
-            if self.snapshot_failures:
-                self.snapshot_failures.pop(leaf_id, None)  # it encodes again
+            leaf_seq = self._leaf_seqs.get(leaf_id, 0)
+            cached = self._encodings.get(leaf_id)
+            if cached is not None and cached[0] == leaf_seq:
+                # Unchanged since its last snapshot (leaf_seq names one state of a leaf
+                # for the whole session, deletes included): encoding it again would
+                # give the same bytes, and it is most of a large state's cycle cost.
+                payload = cached[1]
+            else:
+                try:
+                    payload = self._encode_leaf(leaves[leaf_id])
+                except Exception as exc:  # noqa: BLE001 - the model's: skip the leaf, see below
+                    self._snapshot_failed(leaf_id, exc, last)
+                    return
+                if self.snapshot_failures:
+                    self.snapshot_failures.pop(leaf_id, None)  # it encodes again
+                self._encodings[leaf_id] = (leaf_seq, payload)
             template = Snapshot(leaf_id, range_start, self.cycle_id, position, count,
-                                self._leaf_seqs.get(leaf_id, 0), self.next_seq, len(payload), 0,
+                                leaf_seq, self.next_seq, len(payload), 0,
                                 SnapshotFlag.LAST if last else 0, b"")
             self._cursor = None if last else leaf_id
         self._queue.append(_QueuedSnapshot(template, payload))

@@ -312,3 +312,45 @@ def test_add_touched_packs_what_the_decoder_reads_and_refuses_what_it_drops() ->
     builder.start(10)
     with pytest.raises(EncodeError):
         builder.add_touched(Touched(3, 11, ()))  # ahead of the stream
+
+
+def test_an_unchanged_leaf_is_not_encoded_again_by_the_next_cycle() -> None:
+    class CountingModel:
+        """A leaf is an int; a delta adds to it. Counts encode_leaf calls."""
+
+        def __init__(self) -> None:
+            self.encoded: list[int] = []
+
+        def new_leaf(self) -> int:
+            return 0
+
+        def apply(self, leaf: int, delta: int) -> int:
+            return leaf + delta
+
+        def encode_delta(self, delta: int) -> bytes:
+            return delta.to_bytes(8, "little")
+
+        def decode_delta(self, payload: memoryview) -> int:
+            return int.from_bytes(payload, "little")
+
+        def encode_leaf(self, leaf: int) -> bytes:
+            self.encoded.append(leaf)
+            return leaf.to_bytes(8, "little")
+
+        def decode_leaf(self, payload: memoryview) -> int:
+            return int.from_bytes(payload, "little")
+
+    model = CountingModel()
+    pub = PublisherCore(model, PublisherConfig(min_cycle_s=0.0), initial={1: 10, 2: 20},
+                        session_id=1)
+    pub.publish(3, 30)
+    drain(pub, 1.0)
+    assert sorted(model.encoded) == [10, 20, 30]
+    pub.publish(2, 1)  # leaf 2 changes; 1 and 3 do not
+    pub.delete(3)
+    pub.publish(3, 5)  # re-created: a new leaf_seq, encoded again
+    snapshots = [m for d in drain(pub, 2.0) for m in d.messages if isinstance(m, Snapshot)]
+    assert sorted(model.encoded) == [5, 10, 20, 21, 30]
+    # The cached encodings are what the leaves encode to now.
+    assert {s.leaf_id: bytes(s.payload) for s in snapshots} == {
+        leaf: value.to_bytes(8, "little") for leaf, value in pub.leaves.items()}
