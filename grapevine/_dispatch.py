@@ -263,8 +263,16 @@ class Handoff:
         return self._queued - self._delivered
 
     def put_updates(self, updates: list[RawUpdate]) -> None:
-        """Receiver side: queue one datagram's updates (or conflate them)."""
-        if self._conflating or self._queued - self._delivered > self.max_backlog:
+        """Receiver side: queue one batch of updates (or conflate them). The receiver
+        hands over a batch of datagrams at a time, so a batch that would take the backlog
+        past ``max_backlog`` is split: what fits is queued, the rest conflated."""
+        room = self.max_backlog - (self._queued - self._delivered)
+        if not self._conflating and 0 < room < len(updates):
+            self._queued += room
+            self._put(updates[:room])
+            updates = updates[room:]
+            room = 0
+        if self._conflating or room < len(updates):
             with self._latest_lock:
                 first = not self._latest
                 latest = self._latest

@@ -357,8 +357,17 @@ class RepairRequester:
                 ranges.append((first, end))
         return ranges
 
-    def unavailable(self, first: int, end: int) -> None:
-        """The server does not hold ``[first, end)``: stop asking for what overlaps it."""
+    def unavailable(self, first: int, end: int, held_end: int | None = None) -> None:
+        """The server does not hold ``[first, end)``: stop asking for what overlaps it.
+
+        Unless the server holds nothing from ``first`` on yet (``held_end``, the end of what
+        it holds, is at or below ``first``): a relay or replayer that has not received the
+        datagram yet says so when asked a moment after the requester noticed the hole.
+        That hole keeps its schedule (the next attempt, after the backoff) instead of
+        becoming a gap at once; the attempt limit still bounds the wait.
+        """
+        if held_end is not None and 0 < held_end <= first:
+            return
         for (f, e), state in self._pending.items():
             if f < end and first < e:
                 state.given_up = True

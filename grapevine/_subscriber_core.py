@@ -47,7 +47,16 @@ from ._reorder import ReorderBuffer
 from ._retransmit import RepairRequester
 from ._stream_id import check_stream_id
 from .auth import KeyRing, ReplayGuard, Verdict, Verifier
-from .codec import Decoded, Delta, EndOfSession, Heartbeat, Snapshot, Touched, decode_datagram
+from .codec import (
+    Decoded,
+    Delta,
+    EndOfSession,
+    Heartbeat,
+    Snapshot,
+    Touched,
+    _decode_datagram_fast,
+    decode_datagram,
+)
 from .events import Status, StatusEvent, UpdateKind
 from .model import DeltaT, LeafModel, LeafT
 from .wire import DeltaFlag, SnapshotFlag
@@ -73,6 +82,13 @@ _LAG_WINDOW_S = 30.0  # the lag floor is the least delay seen over the last one 
 _FULL_CHECK_EVERY = 8  # verifications of unchanged leaves: one in this many re-encodes
 
 CHANGED, REPLACED, DELETED = UpdateKind.CHANGED, UpdateKind.REPLACED, UpdateKind.DELETED
+_new_tuple = tuple.__new__
+
+
+def _as_delta(message: tuple[Any, ...]) -> Delta:
+    """A DELTA as :class:`Delta`: the receive path's decoder gives plain tuples of the
+    same fields (codec._decode_datagram_fast); the slow paths read them by name."""
+    return message if type(message) is Delta else _new_tuple(Delta, message)
 
 
 @dataclass(frozen=True)
@@ -273,7 +289,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.poll(now)
             return
         try:
-            datagram = decode_datagram(data)
+            # DELTAs may be plain tuples here (the Delta fields, in order): see _process.
+            datagram = _decode_datagram_fast(data)
         except DecodeError as exc:
             self.stats.malformed += 1
             self.last_error = exc
@@ -380,12 +397,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         return deadline
 
     def retransmit_unavailable(self, session_id: int, first_seq: int, end_seq: int,
-                               now: float) -> None:
+                               now: float, held_end: int | None = None) -> None:
         """A retransmission server does not hold ``[first_seq, end_seq)`` of
-        ``session_id``: those holes become gaps without waiting (SPEC §15)."""
+        ``session_id``: those holes become gaps without waiting (SPEC §15), unless
+        ``held_end`` (the end of what it holds) says it has not received them yet."""
         if self._requester is not None and session_id == self.session_id:
             self.stats.retransmit_unavailable += 1
-            self._requester.unavailable(first_seq, end_seq)
+            self._requester.unavailable(first_seq, end_seq, held_end)
         self._run_timers(now)
 
     def overloaded(self, now: float) -> None:
@@ -671,11 +689,15 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         first_new = expected
         send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
-        for message in datagram.messages:
-            if type(message) is Delta:
+        messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple: see below
+        for message in messages:
+            kind = type(message)
+            # A DELTA is a plain tuple from the receive path's decoder, a Delta from the
+            # reorder buffer's; the slow paths below take it as a Delta (_as_delta).
+            if kind is tuple or kind is Delta:
                 seq, leaf_id, leaf_seq, flags, payload = message
                 if seq < expected:
-                    if not self._late_delta(message, now):
+                    if not self._late_delta(_as_delta(message), now):
                         duplicates += 1
                     continue
                 rec = leaves_get(leaf_id)
@@ -683,7 +705,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         and rec.checked == gaps and not rec.stale):
                     # Hot path, inlined: the next change of a verified leaf.
                     try:
-                        change = decode_delta(payload)  # type: ignore[arg-type]
+                        change = decode_delta(payload)
                         value = rec.value = apply(rec.value, change)
                     except Exception as exc:  # noqa: BLE001 - the model rejected remote data
                         self._bad_delta(rec, leaf_id, seq, exc, now)
@@ -704,24 +726,25 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                             self.expected = first_new
                             return
                     self.expected = seq
-                    verdict = self._on_delta_slow(rec, message, now)
+                    delta = _as_delta(message)
+                    verdict = self._on_delta_slow(rec, delta, now)
                     if verdict is False:
-                        self._contradicted_leaf(leaf_id, message, now)
+                        self._contradicted_leaf(leaf_id, delta, now)
                     consistent = consistent or verdict is True
                 expected = seq + 1
                 applied += 1
                 continue
             self.expected = expected
-            if type(message) is Snapshot:
+            if kind is Snapshot:
                 self._on_snapshot(message, now)
-            elif type(message) is Heartbeat:
+            elif kind is Heartbeat:
                 stats.heartbeats += 1
                 if message.interval_ms and in_order:
                     self.heartbeat_interval_s = min(max(message.interval_ms / 1000,
                                                         _MIN_INTERVAL_S), _MAX_INTERVAL_S)
-            elif type(message) is Touched:
+            elif kind is Touched:
                 self._on_touched(message, now)
-            elif type(message) is EndOfSession:
+            elif kind is EndOfSession:
                 if in_order and not self.ended:
                     self.ended = True
                     self._ended_at = datagram.sequence
@@ -767,9 +790,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """True if some DELTA of ``datagram`` at or after ``from_seq`` contradicts a leaf
         and none agrees with one. Pure: judged on the state before any of them."""
         contradicted = False
-        for message in datagram.messages:
-            if type(message) is Delta and message.seq >= from_seq:
-                verdict = self._delta_agrees(message)
+        messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple
+        for message in messages:
+            kind = type(message)
+            if (kind is tuple or kind is Delta) and message[0] >= from_seq:  # [0]: seq
+                verdict = self._delta_agrees(_as_delta(message))
                 if verdict:
                     return False
                 contradicted = contradicted or verdict is False

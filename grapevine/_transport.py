@@ -40,6 +40,8 @@ _SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("lin
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL",
                             49 if sys.platform.startswith("linux") else None)
 _U32 = struct.Struct("=I")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: (tv_sec, tv_usec), native longs
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def check_endpoint(group: str, port: int, interface: str) -> None:
@@ -126,6 +128,10 @@ class ReceiveSocket:
         self.kernel_drops = 0
         self.last_address: tuple[str, int] | None = None  # the source of the last datagram
         self._ancillary = socket.CMSG_SPACE(_U32.size) if drops_supported else 0
+        # SO_RCVTIMEO takes a struct timeval on Linux and the BSDs (Windows: milliseconds;
+        # there, and wherever setting it fails, set_wait falls back to Python's timeout).
+        self._kernel_timeout = sys.platform.startswith(("linux", "darwin", "freebsd")) \
+            and hasattr(socket, "SO_RCVTIMEO") and _DONTWAIT != 0
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Read one datagram into ``buffer``; updates :attr:`kernel_drops`."""
@@ -138,6 +144,44 @@ class ReceiveSocket:
             if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
                 self.kernel_drops = _U32.unpack_from(data)[0]
         return size
+
+    def receive(self, buffer: bytearray | memoryview, wait: bool = True) -> int:
+        """Read one datagram into ``buffer`` like :meth:`recv_into`, but return -1 instead
+        of raising when none comes: within the :meth:`set_wait` time if ``wait``, else
+        at once (``MSG_DONTWAIT``: the receiver drains what is queued without blocking)."""
+        if not wait and not self._kernel_timeout:
+            return -1  # with Python's timeout, CPython polls (waits) before any read
+        try:
+            if not self._ancillary:
+                size, self.last_address = self.sock.recvfrom_into(
+                    buffer, 0, 0 if wait else _DONTWAIT)
+                return size
+            size, ancdata, _flags, self.last_address = self.sock.recvmsg_into(
+                [buffer], self._ancillary, 0 if wait else _DONTWAIT)
+        except (BlockingIOError, TimeoutError):
+            return -1
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
+                self.kernel_drops = _U32.unpack_from(data)[0]
+        return size
+
+    def set_wait(self, timeout: float) -> None:
+        """How long :meth:`receive` waits. Where the OS allows, a kernel receive timeout
+        (SO_RCVTIMEO) on a blocking socket: Python's own socket timeout polls the socket
+        before every read, one more system call per datagram."""
+        if self._kernel_timeout:
+            seconds = int(timeout)
+            # At least 1 us: a zero timeval would mean "wait for ever".
+            micros = max(round((timeout - seconds) * 1e6), 0 if seconds else 1)
+            try:
+                if self.sock.gettimeout() is not None:
+                    self.sock.settimeout(None)  # blocking: the kernel timeout bounds reads
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                     _TIMEVAL.pack(seconds, micros))
+                return
+            except OSError:
+                self._kernel_timeout = False  # not honoured here: Python's timeout
+        self.sock.settimeout(timeout)
 
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)

@@ -932,7 +932,7 @@ class World:
             elif data[:4] == wire.RETRANSMIT_MAGIC:  # an UNAVAILABLE answer, as the runtime
                 packet = decode_retransmit(data)
                 s.core.retransmit_unavailable(packet.session_id, packet.first_seq,
-                                              packet.end_seq, self.now)
+                                              packet.end_seq, self.now, packet.available_end)
             else:
                 s.core.receive(data, self.now)
         except Exception as exc:  # noqa: BLE001 - anything escaping the core is the finding

@@ -231,6 +231,23 @@ def test_unavailable_and_huge_holes_are_given_up() -> None:
     assert not requester.waiting()
 
 
+
+def test_a_server_that_has_not_received_the_hole_yet_is_asked_again() -> None:
+    """A replayer or relay asked a moment after the requester noticed the hole may not
+    have the datagram yet: UNAVAILABLE holding up to below the hole keeps the schedule;
+    one whose held range starts past the hole (evicted) gives it up at once."""
+    requester = RepairRequester(delay_s=0.0, timeout_s=0.01, attempts=3, max_deltas=100)
+    requester.update([(10, 12)], now=0.0)
+    assert requester.due(0.0) == [(10, 12)]
+    requester.unavailable(10, 12, held_end=10)  # holds ..9: behind, not evicted
+    assert requester.waiting()
+    assert requester.due(0.1) == [(10, 12)]  # asked again after the backoff
+    requester.unavailable(10, 12, held_end=0)  # holds nothing: not known to be behind
+    assert not requester.waiting()
+    requester.update([(20, 22)], now=0.2)
+    requester.unavailable(20, 22, held_end=40)  # holds past the hole: it was evicted
+    assert not requester.waiting()
+
 # ---------------------------------------------------------------------------- core
 
 
@@ -284,7 +301,8 @@ class Link:
                 if packet[:4] == wire.RETRANSMIT_MAGIC:
                     message = decode_retransmit(packet)
                     self.sub.retransmit_unavailable(message.session_id, message.first_seq,
-                                                    message.end_seq, self.now)
+                                                    message.end_seq, self.now,
+                                                    message.available_end)
                 else:
                     count += 1
                     self.deliver([packet])
