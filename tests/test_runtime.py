@@ -432,3 +432,62 @@ def test_close_stops_a_publisher_whose_snapshot_cycle_never_runs_dry(
         assert not any(t.name.startswith("grapevine-sender") for t in threading.enumerate())
         assert pub.stats().send_errors == 0
         assert ended.wait(10)
+
+
+def _listener(endpoint: Endpoint) -> socket.socket:
+    """A plain socket joined to the stream's group on loopback (non-blocking reads)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((endpoint["group"], endpoint["port"]))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                    socket.inet_aton(endpoint["group"]) + socket.inet_aton("127.0.0.1"))
+    sock.setblocking(False)
+    return sock
+
+
+def test_an_idle_publisher_sends_a_change_before_publish_returns(endpoint: Endpoint) -> None:
+    """The publishing thread sends a lone change itself (no sender wake-up): on loopback
+    the datagram is in the listener's queue when publish returns. Changes published
+    close together still go out in order, batched by the sender, and the TOUCHED
+    summary of a lone change still follows within its interval."""
+    from grapevine.codec import Delta, Touched, decode_datagram
+
+    pause = threading.Event()  # never set: its wait() spaces the changes out
+    listener = _listener(endpoint)
+    try:
+        with Publisher(BytesModel(), config=fast_publisher(snapshot_bytes_per_s=1.0),
+                       **endpoint) as pub:
+            got: list[Any] = []
+            for i in range(20):
+                pause.wait(0.002)  # the sender is idle, the last datagram long gone
+                _drain_into(listener, got)  # what the sender sent meanwhile
+                seq = pub.publish(i % 3, b"x%d" % i)
+                data = listener.recv(65536)  # raises BlockingIOError if it was not sent
+                deltas = [m for m in decode_datagram(data).messages if type(m) is Delta]
+                assert [d.seq for d in deltas] == [seq]
+                got.append(decode_datagram(data))
+            burst = [pub.publish(i % 3, b"y%d" % i) for i in range(500)]
+            assert pub.flush(5)
+
+            def summarised() -> bool:
+                _drain_into(listener, got)
+                return any(type(m) is Touched and m.end_seq > burst[-1]
+                           for d in got for m in d.messages)
+
+            assert wait_until(summarised, timeout=2)
+        seqs = [m.seq for d in got for m in d.messages if type(m) is Delta]
+        assert seqs == list(range(1, burst[-1] + 1))  # every change, in order
+        assert sum(1 for d in got if any(type(m) is Delta for m in d.messages)) < 20 + 250
+    finally:
+        listener.close()
+
+
+def _drain_into(sock: socket.socket, out: list[Any]) -> None:
+    """Decode every datagram queued on ``sock`` into ``out``."""
+    from grapevine.codec import decode_datagram
+
+    while True:
+        try:
+            out.append(decode_datagram(sock.recv(65536)))
+        except BlockingIOError:
+            return
