@@ -39,23 +39,36 @@ model allows it, and the total length is exactly ``42 + 28 * (n_bids + n_asks)``
 encoding is canonical: equal books encode to equal bytes, and a payload that decodes
 re-encodes to itself. :meth:`OrderBook.checksum` hashes it.
 
-Implementation: each side is a :class:`sortedcontainers.SortedDict` mapping a key to a
-mutable :class:`Level`. Asks are keyed by price and bids by *negative* price, so both sides
-iterate best first in natural ascending order with the same code, and neither needs
-``SortedDict(key=...)`` (which goes through the slower ``SortedKeyList``). A change to an
-existing level is a dict lookup plus attribute updates; only creating or deleting a level
-touches the sorted key list (O(log n)).
+Implementation: each side is a plain ``dict`` mapping a key to the level's wire row, an
+immutable ``(price_ticks, qty, orders, time_ns)`` tuple, beside a sorted sequence of the keys.
+Asks are keyed by price and bids by *negative* price, so both sides iterate best first in
+natural ascending order with the same code. A change to an existing level is a dict lookup
+and the store of a new tuple; only creating or deleting a level touches the sorted keys
+(O(log n)). The keys are a plain ``list`` (``bisect``) while a side has at most
+``_FLAT_MAX_LEVELS`` levels, and a :class:`sortedcontainers.SortedList` beyond: a SortedList
+keeps up to its load factor (1,000) keys in one flat list anyway, so below that a plain list
+does the same work without the Python-level wrapper and its four GC-tracked lists.
+
+Why tuples and not a mutable object per level (issue 12): a late-joining subscriber decodes
+every leaf at once, and each long-lived GC-tracked object costs the cyclic garbage collector
+work over and over as the heap grows. A tuple of ints is untracked by the collector the first
+time it survives a collection, and the tuples :func:`decode_book` stores are the very ones
+``struct.iter_unpack`` made, so a decoded book of up to 1,000 levels a side holds 5 tracked
+objects (the book, two dicts, two key lists) whatever its depth, against ~85 for 40 levels
+held as :class:`Level` objects in ``SortedDict`` (which also caches 14 bound methods per
+instance). ``tools/bench_join.py`` measures the difference.
 """
 
 
 import struct
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from enum import IntEnum
 from hashlib import blake2b
 from operator import lt, neg
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from ._errors import DecodeError, EncodeError
 
@@ -125,8 +138,21 @@ _SNAPSHOT_VERSION = 1
 _FLAG_TRADE = 0x01
 
 
+_Row: TypeAlias = tuple[int, int, int, int]  # one level as on the wire: price, qty, orders, time
+_Side: TypeAlias = dict[int, _Row]  # key (price for asks, -price for bids) -> level
+_Keys: TypeAlias = "list[int] | SortedList[int]"  # a side's keys, ascending
+# Sides with more levels keep their keys in a SortedList, whose inserts and deletes move at
+# most ~its load factor of keys; up to this, a plain list moves no more (see the docstring).
+_FLAT_MAX_LEVELS = 1000
+
+
 class Level:
-    """One price level: aggregate quantity, order count, time_ns of its last change."""
+    """One price level: aggregate quantity, order count, time_ns of its last change.
+
+    A mutable value class for code that builds levels itself. :class:`OrderBook` does not
+    store or return it: it keeps each level as an immutable tuple (see the module
+    docstring, "Implementation") and its reads return tuples.
+    """
 
     __slots__ = ("orders", "qty", "time_ns")
 
@@ -173,10 +199,10 @@ class OrderBook:
     def __init__(self, *, allow_crossed: bool = False) -> None:
         self._allow_crossed = allow_crossed
         # Bids are keyed by -price and asks by price: index 0 is the best level on both.
-        self._bids: SortedDict[int, Level] = SortedDict()
-        self._asks: SortedDict[int, Level] = SortedDict()
-        self._bid_keys = self._bids.keys()
-        self._ask_keys = self._asks.keys()
+        self._bids: _Side = {}
+        self._asks: _Side = {}
+        self._bid_keys: _Keys = []
+        self._ask_keys: _Keys = []
         self._last_trade: tuple[int, int, int] | None = None
         self._volume = 0
 
@@ -197,6 +223,8 @@ class OrderBook:
             and 0 <= t <= 0xFFFFFFFFFFFFFFFF
         ):
             raise ValueError(f"{delta!r}: a field is out of its wire range (i64, i64, u64)")
+        # The sorted key list is looked up only where a level is created or deleted: a
+        # change to an existing level (the common case) touches the dict alone.
         if side == 0:
             levels = self._bids
             key = -price
@@ -224,37 +252,43 @@ class OrderBook:
                             raise ValueError(
                                 f"{delta!r}: ask at {price} would cross best bid {-other[0]}"
                             )
-                levels[key] = Level(qty, 1, t)
+                levels[key] = (price, qty, 1, t)
+                keys = self._ask_keys if side else self._bid_keys
+                if isinstance(keys, list):
+                    insort(keys, key)
+                    if len(keys) > _FLAT_MAX_LEVELS:
+                        self._set_keys(side, SortedList(keys))
+                else:
+                    keys.add(key)
             else:
-                nq = lv.qty + qty
+                _, lq, lo, _ = lv
+                nq = lq + qty
                 if nq > 0x7FFFFFFFFFFFFFFF:
                     raise ValueError(f"{delta!r}: level quantity would exceed 2**63-1")
-                if lv.orders >= 0xFFFFFFFF:
+                if lo >= 0xFFFFFFFF:
                     raise ValueError(f"{delta!r}: level order count would exceed 2**32-1")
-                lv.qty = nq
-                lv.orders += 1
-                lv.time_ns = t
+                levels[key] = (price, nq, lo + 1, t)
         elif op == 3 or op == 2:  # REMOVE, REDUCE
             if qty <= 0:
                 raise ValueError(f"{delta!r}: quantity must be positive")
             lv = levels.get(key)
             if lv is None:
                 raise ValueError(f"{delta!r}: no {_side_name(side)} level at {price}")
-            nq = lv.qty - qty
+            _, lq, lo, _ = lv
+            nq = lq - qty
             if nq < 0:
-                raise ValueError(f"{delta!r}: quantity {qty} exceeds the level's quantity {lv.qty}")
-            if op == 3:
-                if nq == 0 or lv.orders == 1:
-                    del levels[key]
-                else:
-                    lv.qty = nq
-                    lv.orders -= 1
-                    lv.time_ns = t
-            elif nq == 0:
+                raise ValueError(f"{delta!r}: quantity {qty} exceeds the level's quantity {lq}")
+            if nq == 0 or (op == 3 and lo == 1):
                 del levels[key]
+                keys = self._ask_keys if side else self._bid_keys
+                if type(keys) is list:
+                    del keys[bisect_left(keys, key)]
+                else:
+                    keys.remove(key)
+            elif op == 3:
+                levels[key] = (price, nq, lo - 1, t)
             else:
-                lv.qty = nq
-                lv.time_ns = t
+                levels[key] = (price, nq, lo, t)
         elif op == 6:  # TRADE
             if qty <= 0:
                 raise ValueError(f"{delta!r}: TRADE quantity must be positive")
@@ -265,17 +299,33 @@ class OrderBook:
             self._last_trade = (price, qty, t)
         elif op == 4:  # CLEAR_SIDE
             levels.clear()
+            self._set_keys(side, [])
         elif op == 5:  # CLEAR_BOOK
             self._bids.clear()
             self._asks.clear()
+            self._bid_keys = []
+            self._ask_keys = []
         else:
             raise ValueError(f"{delta!r}: unknown op {op!r}")
 
+    def _set_keys(self, side: int, keys: _Keys) -> None:
+        if side:
+            self._ask_keys = keys
+        else:
+            self._bid_keys = keys
+
     def copy(self) -> "OrderBook":
-        """An independent deep copy (levels are copied, not shared). O(n)."""
-        new = OrderBook(allow_crossed=self._allow_crossed)
-        for src, dst in ((self._bids, new._bids), (self._asks, new._asks)):
-            dst.update((k, Level(lv.qty, lv.orders, lv.time_ns)) for k, lv in src.items())
+        """An independent deep copy. O(n).
+
+        The level tuples are shared: they are immutable, so sharing them is as independent
+        as copying them, and cheaper.
+        """
+        new = OrderBook.__new__(OrderBook)
+        new._allow_crossed = self._allow_crossed
+        new._bids = self._bids.copy()
+        new._asks = self._asks.copy()
+        new._bid_keys = self._bid_keys.copy()  # a list, or a SortedList (re-sorting sorted
+        new._ask_keys = self._ask_keys.copy()  # keys is one pass: n - 1 comparisons)
         new._last_trade = self._last_trade
         new._volume = self._volume
         return new
@@ -308,15 +358,15 @@ class OrderBook:
         """(price, qty) of the highest bid, or None. O(1)."""
         if not self._bids:
             return None
-        k = self._bid_keys[0]
-        return -k, self._bids[k].qty
+        lv = self._bids[self._bid_keys[0]]
+        return lv[0], lv[1]
 
     def best_ask(self) -> tuple[int, int] | None:
         """(price, qty) of the lowest ask, or None. O(1)."""
         if not self._asks:
             return None
-        k = self._ask_keys[0]
-        return k, self._asks[k].qty
+        lv = self._asks[self._ask_keys[0]]
+        return lv[0], lv[1]
 
     def spread(self) -> int | None:
         """best ask - best bid in ticks, or None if a side is empty. O(1)."""
@@ -330,48 +380,45 @@ class OrderBook:
             return None
         return (self._ask_keys[0] - self._bid_keys[0]) / 2
 
-    def _side(self, side: int) -> tuple[SortedDict[int, Level], int]:
+    def _side(self, side: int) -> tuple[_Side, _Keys, int]:
         if side == 0:
-            return self._bids, -1
+            return self._bids, self._bid_keys, -1
         if side == 1:
-            return self._asks, 1
+            return self._asks, self._ask_keys, 1
         raise ValueError(f"side must be 0 (BID) or 1 (ASK), not {side!r}")
 
     def level(self, side: int, price: int) -> tuple[int, int, int] | None:
         """(qty, orders, time_ns) of the level at ``price``, or None. O(1)."""
-        levels, sign = self._side(side)
+        levels, _, sign = self._side(side)
         lv = levels.get(sign * price)
-        return None if lv is None else (lv.qty, lv.orders, lv.time_ns)
+        return None if lv is None else (lv[1], lv[2], lv[3])
 
     def depth(self, side: int, n: int) -> list[tuple[int, int, int]]:
         """The best ``n`` levels of ``side`` as (price, qty, orders), best first. O(log n + k)."""
         if n < 0:
             raise ValueError(f"depth n must be >= 0, not {n}")
-        if side == 0:
-            get = self._bids.__getitem__
-            return [(-k, (lv := get(k)).qty, lv.orders) for k in self._bid_keys[:n]]
-        if side == 1:
-            get = self._asks.__getitem__
-            return [(k, (lv := get(k)).qty, lv.orders) for k in self._ask_keys[:n]]
-        raise ValueError(f"side must be 0 (BID) or 1 (ASK), not {side!r}")
+        levels, keys, _ = self._side(side)
+        return [lv[:3] for lv in map(levels.__getitem__, keys[:n])]
 
     def iter_levels(self, side: int) -> Iterator[tuple[int, int, int, int]]:
         """Iterate (price, qty, orders, time_ns) of ``side`` from the best price.
 
         Do not apply deltas while iterating.
         """
-        levels, sign = self._side(side)
-        for k, lv in levels.items():
-            yield sign * k, lv.qty, lv.orders, lv.time_ns
+        levels, keys, _ = self._side(side)
+        # The stored rows are immutable and already in this shape: hand them out as they are.
+        yield from map(levels.__getitem__, keys)
 
     def volume_at_or_better(self, side: int, price: int) -> int:
         """Total quantity of ``side`` at ``price`` or better (bids >= price, asks <= price).
 
         Runtime complexity: O(log n + k) for the k levels summed.
         """
-        levels, sign = self._side(side)
+        levels, keys, sign = self._side(side)
+        bound = sign * price
+        end = bisect_right(keys, bound) if isinstance(keys, list) else keys.bisect_right(bound)
         get = levels.__getitem__
-        return sum(get(k).qty for k in levels.irange(maximum=sign * price))
+        return sum(get(k)[1] for k in keys[:end])
 
     def __len__(self) -> int:
         """Number of levels on both sides."""
@@ -380,6 +427,7 @@ class OrderBook:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OrderBook):
             return NotImplemented
+        # The key lists are derived from the dicts' keys: equal dicts mean equal books.
         return (
             self._volume == other._volume
             and self._last_trade == other._last_trade
@@ -404,24 +452,31 @@ class OrderBook:
     def _check(self) -> None:
         """Assert every internal invariant (for tests)."""
         bids, asks = self._bids, self._asks
-        bids._check()  # type: ignore[attr-defined]  # not in the stubs
-        asks._check()  # type: ignore[attr-defined]
-        assert list(self._bid_keys) == list(bids)
-        assert list(self._ask_keys) == list(asks)
-        for levels, sign in ((bids, -1), (asks, 1)):
+        for levels, keys, sign in ((bids, self._bid_keys, -1), (asks, self._ask_keys, 1)):
+            assert type(levels) is dict
+            if type(keys) is not list:
+                assert type(keys) is SortedList
+                keys._check()  # type: ignore[attr-defined]  # not in the stubs
+            # Same length, every key present and strictly increasing: the same key set.
+            assert len(keys) == len(levels)
             prev: int | None = None
-            for k, lv in levels.items():
+            for k in keys:
                 assert type(k) is int
                 assert _I64_MIN <= sign * k <= _I64_MAX
                 assert prev is None or prev < k
                 prev = k
-                assert type(lv) is Level
-                assert type(lv.qty) is int
-                assert 1 <= lv.qty <= _I64_MAX
-                assert type(lv.orders) is int
-                assert 1 <= lv.orders <= _U32_MAX
-                assert type(lv.time_ns) is int
-                assert 0 <= lv.time_ns <= _U64_MAX
+                lv = levels[k]
+                assert type(lv) is tuple
+                assert len(lv) == 4
+                price, qty, orders, time_ns = lv
+                assert type(price) is int
+                assert price == sign * k
+                assert type(qty) is int
+                assert 1 <= qty <= _I64_MAX
+                assert type(orders) is int
+                assert 1 <= orders <= _U32_MAX
+                assert type(time_ns) is int
+                assert 0 <= time_ns <= _U64_MAX
         if not self._allow_crossed and bids and asks:
             assert -self._bid_keys[0] < self._ask_keys[0]
         assert type(self._volume) is int
@@ -452,14 +507,11 @@ def encode_book(book: OrderBook) -> bytes:
     pack = _LEVEL.pack
     parts = [header]
     append = parts.append
-    get = bids.__getitem__
-    for k in book._bid_keys:
-        lv = get(k)
-        append(pack(-k, lv.qty, lv.orders, lv.time_ns))
-    get = asks.__getitem__
-    for k in book._ask_keys:
-        lv = get(k)
-        append(pack(k, lv.qty, lv.orders, lv.time_ns))
+    # Each stored row is already (price_ticks, qty, orders, time_ns), the wire order.
+    for lv in map(bids.__getitem__, book._bid_keys):
+        append(pack(*lv))
+    for lv in map(asks.__getitem__, book._ask_keys):
+        append(pack(*lv))
     return b"".join(parts)
 
 
@@ -501,39 +553,51 @@ def decode_book(payload: memoryview | bytes, *, allow_crossed: bool = False) -> 
             "trade fields must be 0 when no trade is recorded", offset=10, field="last_trade"
         )
 
-    book = OrderBook(allow_crossed=allow_crossed)
+    book = OrderBook.__new__(OrderBook)
+    book._allow_crossed = allow_crossed
     offset = _HEADER_SIZE
-    for levels, count, sign in ((book._bids, n_bids, -1), (book._asks, n_asks, 1)):
-        if not count:
-            continue
-        end = offset + count * _LEVEL_SIZE
-        # Validate whole columns with C-level builtins; locate the culprit only on failure.
-        prices, qtys, orders, times = zip(*_LEVEL.iter_unpack(mv[offset:end]), strict=True)
-        keys = list(map(neg, prices)) if sign < 0 else list(prices)
-        if not all(map(lt, keys, keys[1:])):
-            i = next(i for i in range(1, count) if keys[i] <= keys[i - 1])
-            raise DecodeError(
-                f"level price {prices[i]} is not strictly after the previous level's "
-                f"{prices[i - 1]}",
-                offset=offset + i * _LEVEL_SIZE,
-                field="level.price_ticks",
-            )
-        if min(qtys) <= 0:
-            i = next(i for i in range(count) if qtys[i] <= 0)
-            raise DecodeError(
-                f"level quantity {qtys[i]} must be positive",
-                offset=offset + i * _LEVEL_SIZE + 8,
-                field="level.quantity",
-            )
-        if min(orders) == 0:
-            i = orders.index(0)
-            raise DecodeError(
-                "level order count is 0",
-                offset=offset + i * _LEVEL_SIZE + 16,
-                field="level.orders",
-            )
-        levels.update(zip(keys, map(Level, qtys, orders, times), strict=True))
-        offset = end
+    for count, sign in ((n_bids, -1), (n_asks, 1)):
+        levels: _Side = {}
+        keys: list[int] | tuple[int, ...] = ()
+        if count:
+            end = offset + count * _LEVEL_SIZE
+            # The tuples iter_unpack makes are stored as they are (the rows of the book):
+            # no per-level object is built. Whole columns are validated with C-level
+            # builtins; the culprit is located only on failure.
+            rows = list(_LEVEL.iter_unpack(mv[offset:end]))
+            prices, qtys, orders, _ = zip(*rows, strict=True)
+            keys = list(map(neg, prices)) if sign < 0 else prices
+            if not all(map(lt, keys, keys[1:])):
+                i = next(i for i in range(1, count) if keys[i] <= keys[i - 1])
+                raise DecodeError(
+                    f"level price {prices[i]} is not strictly after the previous level's "
+                    f"{prices[i - 1]}",
+                    offset=offset + i * _LEVEL_SIZE,
+                    field="level.price_ticks",
+                )
+            if min(qtys) <= 0:
+                i = next(i for i in range(count) if qtys[i] <= 0)
+                raise DecodeError(
+                    f"level quantity {qtys[i]} must be positive",
+                    offset=offset + i * _LEVEL_SIZE + 8,
+                    field="level.quantity",
+                )
+            if min(orders) == 0:
+                i = orders.index(0)
+                raise DecodeError(
+                    "level order count is 0",
+                    offset=offset + i * _LEVEL_SIZE + 16,
+                    field="level.orders",
+                )
+            levels = dict(zip(keys, rows, strict=True))
+            offset = end
+        # Strictly increasing keys were just checked: the sort inside SortedList is
+        # Timsort's single pass over a run already in order, n - 1 comparisons.
+        key_seq: _Keys = list(keys) if count <= _FLAT_MAX_LEVELS else SortedList(keys)
+        if sign < 0:
+            book._bids, book._bid_keys = levels, key_seq
+        else:
+            book._asks, book._ask_keys = levels, key_seq
     if not allow_crossed and book.crossed:
         raise DecodeError(
             "book snapshot is crossed (best bid >= best ask)",
@@ -543,6 +607,9 @@ def decode_book(payload: memoryview | bytes, *, allow_crossed: bool = False) -> 
     if flags & _FLAG_TRADE:
         book._last_trade = (tp, tq, tt)
         book._volume = volume
+    else:
+        book._last_trade = None
+        book._volume = 0
     return book
 
 

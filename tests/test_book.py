@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sortedcontainers import SortedList
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
     sys.path.insert(0, str(ROOT))
 
 from grapevine import DecodeError, EncodeError, LeafModel  # noqa: E402
+from grapevine import book as book_module  # noqa: E402
 from grapevine.book import (  # noqa: E402
     BOOK_DELTA_SIZE,
     BookDelta,
@@ -184,7 +186,8 @@ def test_invalid_deltas_are_rejected_before_mutating(delta: BookDelta, match: st
 
 def test_order_count_limit() -> None:
     book = apply(OrderBook(), d(Op.ADD, BID, 1, 1))
-    book._bids[-1].orders = (1 << 32) - 1  # reach the limit without 4 billion ADDs
+    price, qty, _, t = book._bids[-1]
+    book._bids[-1] = (price, qty, (1 << 32) - 1, t)  # reach the limit without 4 billion ADDs
     book._check()
     assert_rejected(book, d(Op.ADD, BID, 1, 1), "2\\*\\*32-1")
 
@@ -325,6 +328,42 @@ def test_checksum_is_stable() -> None:
     assert sample_book().checksum() == 11571637695637888336
 
 
+def test_deep_book_keeps_keys_in_a_sorted_list() -> None:
+    """Past _FLAT_MAX_LEVELS a side's keys move from a plain list to a SortedList (and back
+    to a list when the side is cleared); reads, copies and snapshots agree either way."""
+    limit = book_module._FLAT_MAX_LEVELS
+    book = OrderBook()
+    for i in range(limit + 5):
+        apply(book, d(Op.ADD, BID, 10_000 - 2 * i, i + 1, i), d(Op.ADD, ASK, 10_001 + 2 * i, 1, i))
+    apply(book, d(Op.ADD, BID, 10_000 - 2 * limit - 3, 7, 9))  # inserted inside a SortedList
+    book._check()
+    assert isinstance(book._bid_keys, SortedList)
+    assert isinstance(book._ask_keys, SortedList)
+    assert book.best_bid() == (10_000, 1)
+    assert book.best_ask() == (10_001, 1)
+    assert book.depth(BID, 2) == [(10_000, 1, 1), (9_998, 2, 1)]
+    assert book.volume_at_or_better(BID, 9_996) == 1 + 2 + 3
+    assert book.volume_at_or_better(ASK, 10_005) == 3
+    assert book.level(BID, 10_000 - 2 * limit - 3) == (7, 1, 9)
+    apply(book, d(Op.REMOVE, BID, 10_000, 1), d(Op.REDUCE, ASK, 10_001, 1))
+    book._check()
+    assert book.best_bid() == (9_998, 2)
+    twin = book.copy()
+    twin._check()
+    assert twin == book
+    back = decode_book(encode_book(book))
+    back._check()
+    assert isinstance(back._bid_keys, SortedList)
+    assert back == book
+    assert encode_book(back) == encode_book(book)
+    apply(book, d(Op.CLEAR_SIDE, BID))
+    book._check()
+    assert book._bid_keys == []
+    assert twin != book
+    small = decode_book(encode_book(sample_book()))
+    assert type(small._bid_keys) is list
+
+
 def test_level_value_semantics() -> None:
     assert Level(1, 2, 3) == Level(1, 2, 3)
     assert Level(1, 2, 3) != Level(1, 2, 4)
@@ -344,15 +383,28 @@ def test_repr() -> None:
 
 def test_check_detects_corruption() -> None:
     book = sample_book()
-    book._bids[-100].qty = 0
+    book._bids[-100] = (100, 0, 2, 2)
     with pytest.raises(AssertionError):
         book._check()
     book = sample_book()
-    book._asks[102] = Level(1, 0, 0)
+    book._asks[102] = (102, 1, 0, 0)
     with pytest.raises(AssertionError):
         book._check()
     book = sample_book()
-    book._asks[100] = Level(1, 1, 0)  # crossed
+    book._asks[100] = (100, 1, 1, 0)  # crossed
+    book._ask_keys = [100, 102, 105]
+    with pytest.raises(AssertionError):
+        book._check()
+    book = sample_book()
+    book._asks[103] = (103, 1, 1, 0)  # a level the sorted key list lacks
+    with pytest.raises(AssertionError):
+        book._check()
+    book = sample_book()
+    book._asks[102] = (101, 7, 1, 4)  # a row whose price is not its key's
+    with pytest.raises(AssertionError):
+        book._check()
+    book = sample_book()
+    book._bids[-100] = [100, 30, 2, 2]  # type: ignore[assignment]  # rows must be immutable
     with pytest.raises(AssertionError):
         book._check()
     book = sample_book()

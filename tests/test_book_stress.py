@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the venv may not have grapevine installed
     sys.path.insert(0, str(ROOT))
 
+import grapevine.book  # noqa: E402
 from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, decode_book, encode_book  # noqa: E402
 
 SEEDS = [0, 1, 2, 3, 17, 2024]
@@ -175,6 +176,16 @@ def test_random_ops_match_model(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_random_ops_match_model_crossed_allowed(seed: int) -> None:
     accepted, _ = run(seed, allow_crossed=True)
+    assert accepted > STEPS // 2
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_random_ops_with_sorted_list_keys(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sides past a few levels keep their keys in a SortedList (deep books do, past 1,000):
+    with the threshold at 3 the random ops switch sides between both forms all the time,
+    and decoded books use both."""
+    monkeypatch.setattr(grapevine.book, "_FLAT_MAX_LEVELS", 3)
+    accepted, _ = run(seed, allow_crossed=seed % 2 == 1)
     assert accepted > STEPS // 2
 
 

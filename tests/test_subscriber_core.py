@@ -25,7 +25,8 @@ from grapevine._subscriber_core import (
     SubscriberCore,
     UpdateKind,
 )
-from grapevine.codec import DatagramBuilder, decode_datagram
+from grapevine.codec import DatagramBuilder, Snapshot, decode_datagram
+from grapevine.wire import SnapshotFlag
 
 # More seeds for a soak: GRAPEVINE_SEEDS=200 pytest tests/test_subscriber_core.py -k random
 RANDOM_SEEDS = int(os.environ.get("GRAPEVINE_SEEDS", "6"))
@@ -375,7 +376,8 @@ def test_heartbeat_announces_missing_deltas() -> None:
 
 def test_fragmented_snapshots_reassemble() -> None:
     model = BlobModel()
-    pub = PublisherCore(model, PublisherConfig(max_datagram_size=200), now=0.0, session_id=4)
+    pub = PublisherCore(model, PublisherConfig(max_datagram_size=200, min_cycle_s=0.25),
+                        now=0.0, session_id=4)
     for leaf_id in range(3):
         for offset in range(0, 1000, 100):  # 1000-byte leaves need 7 fragments
             pub.publish(leaf_id, (offset, bytes([leaf_id + offset % 251]) * 100))
@@ -553,3 +555,83 @@ def test_without_a_covering_summary_leaves_are_proven_one_by_one() -> None:
     pair.deliver(pair.two_cycles())
     assert sub.synced
     assert sub.values() == dict(pair.pub.leaves.items())
+
+
+def test_an_overloaded_subscriber_keeps_no_buffer_for_stale_leaves_and_still_repairs() -> None:
+    """Issue 12: while the runtime reports kernel drops, a STALE leaf's DELTAs are not
+    kept (the buffer is emptied and the repair must reflect them, as on overflow); the
+    next snapshot still repairs it exactly, and buffering resumes once the overload ends."""
+    pair = Pair(leaves=2, reorder_window_s=0.01)
+    pair.pub.publish(0, 1)
+    pair.sent()  # lost
+    pair.pub.publish(0, 2)
+    pair.deliver(pair.sent())
+    pair.tick(0.02)
+    sub = pair.sub
+    rec = sub.leaves[0]
+    assert rec.stale
+    assert rec.buffer
+    sub.overloaded(pair.now)
+    for value in (3, 4):
+        pair.pub.publish(0, value)
+        pair.deliver(pair.sent())
+    assert unnarrowed(rec.stale)
+    assert rec.buffer == []
+    assert sub.shed_deltas == 2
+    assert rec.required == sub.expected  # the repair must reflect the shed DELTAs
+    assert not sub.is_fresh(0)
+    assert not unnarrowed(sub.synced)
+    # An older snapshot than the shed DELTAs cannot repair it; the next cycle does.
+    pair.deliver(pair.full_cycle())
+    assert sub.is_fresh(0)
+    assert sub.get(0) == pair.pub.leaves[0]
+    assert sub.synced
+    # Overload over: a leaf that goes stale buffers again.
+    pair.now += 2.0
+    pair.pub.publish(1, 1)
+    pair.sent()  # lost
+    pair.pub.publish(1, 2)
+    pair.deliver(pair.sent())
+    pair.tick(0.02)
+    pair.pub.publish(1, 3)
+    pair.deliver(pair.sent())
+    assert sub.leaves[1].stale
+    assert sub.leaves[1].buffer
+    assert sub.shed_deltas == 2
+
+
+def test_an_overloaded_subscriber_buffers_while_a_fragmented_snapshot_assembles() -> None:
+    """A snapshot in fragments completes after DELTAs that follow its first fragment: a
+    STALE leaf keeps those even while overloaded, so that snapshot still repairs it."""
+    model = BlobModel()
+    sub = SubscriberCore(model, SubscriberConfig(retransmit=False))
+    sub.overloaded(0.0)
+    payload = b"y" * 300  # the leaf, 300 bytes, in two fragments
+    now = 0.0
+
+    def send(sequence: int, add: Any) -> None:
+        nonlocal now
+        now += 0.0001
+        builder = DatagramBuilder(0, 9, 1400)
+        builder.start(sequence)
+        add(builder)
+        sub.receive(bytes(builder.finish(int(now * 1e9) + 1)), now)
+        sub._check()
+
+    # A DELTA of a leaf not held: an unknown STALE leaf, required = 1.
+    send(1, lambda b: b.add_delta(0, 1, 0, model.encode_delta((0, b"x"))))
+    assert unnarrowed(sub.leaves[0].stale)
+    # The snapshot as of 2 (leaf_seq 1): first fragment, then the leaf's next DELTA at
+    # sequence 2, then the last fragment.
+    def fragment(offset: int, size: int) -> Snapshot:
+        return Snapshot(leaf_id=0, leaf_seq=1, as_of_seq=2, cycle_id=1, range_start=0,
+                        cycle_position=0, cycle_count=1, total_length=len(payload),
+                        fragment_offset=offset, flags=SnapshotFlag.LAST,
+                        payload=payload[offset:offset + size])
+
+    send(2, lambda b: b.add_snapshot(fragment(0, 150)))
+    send(2, lambda b: b.add_delta(0, 2, 0, model.encode_delta((0, b"z"))))
+    assert sub.leaves[0].buffer
+    send(3, lambda b: b.add_snapshot(fragment(150, 150)))
+    assert not unnarrowed(sub.leaves[0].stale)
+    assert sub.get(0) == model.apply(model.decode_leaf(memoryview(payload)), (0, b"z"))
