@@ -489,22 +489,32 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         return datagram
 
     def _pack_fragment(self, item: _QueuedSnapshot) -> bool:
-        """Pack as much of a queued snapshot as fits; True once all of it is packed."""
+        """Pack as much of a queued snapshot as fits; True once all of it is packed.
+
+        A snapshot that fits whole in an empty datagram is never split to fill the rest
+        of this one: it goes whole in the next. Receivers then need no reassembly (a
+        quarter of a joining subscriber's CPU when 1,162-byte books straddled 1,400-byte
+        datagrams, nearly all of them) and a lost datagram costs one leaf's snapshot, not
+        two; the price is a less full datagram now and then.
+        """
         builder = self._builder
+        payload = item.payload
         while True:
             room = builder.room - SNAPSHOT_OVERHEAD
-            remaining = len(item.payload) - item.offset
-            if room < min(_MIN_FRAGMENT, remaining):
+            remaining = len(payload) - item.offset
+            if room < min(_MIN_FRAGMENT, remaining) or (
+                    room < remaining and not item.offset and remaining <= self._fragment_room):
                 return False
             size = min(room, remaining)
             fragment = item.template._replace(
                 fragment_offset=item.offset,
-                payload=item.payload[item.offset : item.offset + size],
+                payload=payload if size == len(payload) else
+                payload[item.offset : item.offset + size],
             )
             builder.add_snapshot(fragment)
             self.stats.snapshot_fragments += 1
             item.offset += size
-            if item.offset >= len(item.payload):
+            if item.offset >= len(payload):
                 return True
 
     def _finish(self, now: float, send_time_ns: int) -> memoryview:

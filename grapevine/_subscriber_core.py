@@ -33,7 +33,9 @@ synced again, whatever that datagram said.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Generic
 
 from sortedcontainers import SortedDict
@@ -76,13 +78,21 @@ _RETIRED_SESSIONS = 16
 # Heartbeat intervals a receiver will learn from the stream: a forged interval can neither
 # make every pause look like a restart nor hide silence for long.
 _MIN_INTERVAL_S, _MAX_INTERVAL_S = 0.05, 30.0
-_CREATE_OR_DELETE = DeltaFlag.CREATE | DeltaFlag.DELETE  # other DELTA flag bits are reserved
+# Flag bits as plain ints: ``int & IntFlag`` goes through the enum's ``__rand__`` and
+# builds an enum member (about a microsecond), once per DELTA off the hot path.
+_CREATE, _DELETE = int(DeltaFlag.CREATE), int(DeltaFlag.DELETE)
+_CREATE_OR_DELETE = _CREATE | _DELETE  # other DELTA flag bits are reserved
+_SNAPSHOT_LAST, _SNAPSHOT_DELETED = int(SnapshotFlag.LAST), int(SnapshotFlag.DELETED)
+# How long after the runtime last reported kernel drops (:meth:`SubscriberCore.overloaded`)
+# STALE leaves keep no buffer (see SubscriberCore._buffer).
+_OVERLOAD_HOLD_S = 1.0
 _LAG_JUMP_S = 1.0  # a delay this far below the floor needs a second datagram to count
 _LAG_WINDOW_S = 30.0  # the lag floor is the least delay seen over the last one or two
 _FULL_CHECK_EVERY = 8  # verifications of unchanged leaves: one in this many re-encodes
 
 CHANGED, REPLACED, DELETED = UpdateKind.CHANGED, UpdateKind.REPLACED, UpdateKind.DELETED
 _new_tuple = tuple.__new__
+_buffered_seq = itemgetter(1)  # the stream sequence of a buffered DELTA
 
 
 def _as_delta(message: tuple[Any, ...]) -> Delta:
@@ -271,6 +281,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._retired: list[int] = []
         self._verifications = 0
         self._behind_since: float | None = None  # first datagram behind the position
+        # Until when the runtime reads too slowly (kernel drops): STALE leaves then keep no
+        # buffer (SubscriberCore._buffer). Not per session: it is about this process.
+        self._overloaded_until = float("-inf")
+        self._shedding = False  # the DELTA being processed arrived while overloaded
+        self.shed_deltas = 0  # DELTAs of STALE leaves not buffered because of overload
         keys = self.config.keys
         self._verifier = Verifier(keys) if keys is not None else None
         self._replay_guard = ReplayGuard(round(self.config.replay_window_s * 1e9))
@@ -409,7 +424,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def overloaded(self, now: float) -> None:
         """The runtime reads too slowly (the kernel dropped datagrams for it): asking for
         more would feed the overload, so the holes open now become gaps at once and the
-        snapshot cycle repairs them (issue 12: degrade, do not collapse)."""
+        snapshot cycle repairs them (issue 12: degrade, do not collapse). For a while, STALE
+        leaves also keep no buffer of their DELTAs: work the snapshot that repairs them makes
+        useless (see :meth:`_buffer`)."""
+        self._overloaded_until = now + _OVERLOAD_HOLD_S
         requester = self._requester
         if requester:
             for first, end in self._reorder.missing(self.expected or 0):
@@ -506,6 +524,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 assert rec.required <= expected, (rec.required, expected)
             if rec.buffer:
                 assert len(rec.buffer) <= self.config.max_buffered_deltas_per_leaf
+                seqs = [item[1] for item in rec.buffer]
+                assert seqs == sorted(set(seqs)), "the buffer is in stream order"
         self._reorder._check(expected)
         self._coverage._check()
         self._reassembler._check()
@@ -687,6 +707,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         reason="data after END_OF_SESSION")
         in_order = datagram.sequence >= expected
         first_new = expected
+        shedding = self._shedding = now < self._overloaded_until
         send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple: see below
@@ -725,6 +746,30 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                             stats.inconsistent_datagrams += 1
                             self.expected = first_new
                             return
+                    if rec is not None and rec.stale and not flags & _CREATE_OR_DELETE:
+                        # Step (c) 5, inlined: a STALE leaf buffers every DELTA but CREATE
+                        # and DELETE (its leaf_seq judges nothing). While overloaded it
+                        # keeps none: see _buffer, which this is.
+                        if seq > rec.seen_seq:
+                            rec.seen_seq = seq
+                        buffer = rec.buffer
+                        assert buffer is not None
+                        if shedding and leaf_id not in self._reassembler._partials:
+                            if buffer:
+                                buffer.clear()
+                            if rec.required <= seq:
+                                rec.required = seq + 1
+                            self.shed_deltas += 1
+                        elif len(buffer) >= self.config.max_buffered_deltas_per_leaf:
+                            buffer.clear()
+                            if rec.required <= seq:
+                                rec.required = seq + 1
+                            stats.buffer_overflows += 1
+                        else:
+                            buffer.append((leaf_seq, seq, flags, bytes(payload)))
+                        expected = seq + 1
+                        applied += 1
+                        continue
                     self.expected = seq
                     delta = _as_delta(message)
                     verdict = self._on_delta_slow(rec, delta, now)
@@ -828,14 +873,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if gone is not None and delta.leaf_seq <= gone[0]:
                 return False
         model = self.model
-        if flags & DeltaFlag.DELETE:
+        if flags & _DELETE:
             # The leaf does not exist after this delta, whatever we missed before it.
             self._forget(leaf_id, delta.leaf_seq, delta.seq + 1)
             if rec is None:
                 return None
             self._remove(leaf_id, rec, delta.seq)
             return True
-        if flags & DeltaFlag.CREATE:
+        if flags & _CREATE:
             # Applied to an empty leaf: complete on its own, whatever we missed before it.
             try:
                 change = model.decode_delta(delta.payload)  # type: ignore[arg-type]
@@ -938,9 +983,24 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
 
     def _buffer(self, rec: _Leaf, delta: Delta) -> None:
+        """Keep a DELTA of a STALE leaf for its repair (SPEC §12(c), the buffer).
+
+        While the runtime reads too slowly (:meth:`overloaded`), it is not kept: the buffer
+        is emptied and the repair must reflect this DELTA too, as when the buffer is full.
+        That is always safe (a repair then needs a later snapshot, never a wrong one), and
+        it costs no repair time on an in-order stream: a buffered DELTA at sequence q only
+        serves a snapshot with ``as_of_seq`` <= q processed after it, and the publisher
+        queues a snapshot ahead of every DELTA published after it was encoded. The
+        exception is a snapshot in fragments, whose reassembly completes after such
+        DELTAs: while one is in progress for the leaf, its DELTAs are buffered still."""
         buffer = rec.buffer
         assert buffer is not None
         rec.seen_seq = max(rec.seen_seq, delta.seq)
+        if self._shedding and delta.leaf_id not in self._reassembler._partials:
+            buffer.clear()
+            rec.required = max(rec.required, delta.seq + 1)
+            self.shed_deltas += 1
+            return
         if len(buffer) >= self.config.max_buffered_deltas_per_leaf:
             # Forget the buffer; the repair must then reflect this delta too.
             buffer.clear()
@@ -1066,7 +1126,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._publisher_leaf_count = snap.cycle_count
         as_of = snap.as_of_seq
         leaf_id = snap.leaf_id
-        last = snap.flags & SnapshotFlag.LAST
+        last = snap.flags & _SNAPSHOT_LAST
         # Where this snapshot's claims come from: copies of one snapshot, however often
         # repeated or re-stamped, are one source (SPEC §12(f), (g)).
         source = (self._datagram_sequence, snap.cycle_id, snap.cycle_position)
@@ -1082,7 +1142,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self._coverage.add(snap.range_start, _MAX_ID if last else leaf_id, source)
             if self._coverage.known:
                 self._leaf_set_known = True
-        if snap.flags & SnapshotFlag.DELETED:
+        if snap.flags & _SNAPSHOT_DELETED:
             rec = self.leaves.get(leaf_id)
             if rec is not None:
                 self._assert_absent(leaf_id, leaf_id, as_of, now, source, inclusive_hi=True)
@@ -1197,7 +1257,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             return
         # Buffered deltas before as_of are in the snapshot; those after it must continue
         # it without a hole. (A buffered entry that fits neither is not the stream's.)
-        chain = [item for item in rec.buffer or () if item[1] >= as_of and item[0] > snap.leaf_seq]
+        # The buffer is in stream order: skip what is older than as_of without looking.
+        buffer = rec.buffer or []
+        start = bisect.bisect_left(buffer, as_of, key=_buffered_seq)
+        chain = [item for item in buffer[start:] if item[0] > snap.leaf_seq]
         next_leaf_seq = snap.leaf_seq + 1
         for item in chain:
             if item[0] != next_leaf_seq:

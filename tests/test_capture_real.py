@@ -273,11 +273,10 @@ def _text2pcap(frames: list[bytes], path: Path, linktype: int) -> None:
                     str(text), str(path)], check=True, timeout=60, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def captures(tmp_path_factory: pytest.TempPathFactory) -> Captures:
+def _capture_run(out: Path) -> dict[str, Any]:
+    """Publish and capture in a fresh namespace (this file, ``--inside``); its meta.json."""
     from grapevine.testing import free_port
 
-    out = tmp_path_factory.mktemp("real")
     port = free_port(GROUP)  # the namespace has its own ports; this keeps logs unambiguous
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A session of its own: should it hang, the whole group (the capturing tools too) goes.
@@ -291,13 +290,35 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Captures:
         stdout, stderr = inside.communicate(timeout=30)
         pytest.fail(f"the capturing run hung; it got this far:\n{stderr}")
     assert inside.returncode == 0, stdout + stderr
-    meta = json.loads((out / "meta.json").read_text())
-    for name, text in meta["stderr"].items():  # a capture that lost packets proves little
+    meta: dict[str, Any] = json.loads((out / "meta.json").read_text())
+    return meta
+
+
+def _capture_drops(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The tools that say they dropped packets, with what they said."""
+    dropped = []
+    for name, text in meta["stderr"].items():
         if name.startswith("tcpdump"):
-            assert re.search(r"^0 packets dropped by kernel$", text, re.MULTILINE), (name, text)
-        else:
-            assert re.findall(r"received/dropped on interface '[^']*': \d+/(\d+) ", text) in (
-                ["0"], ["0", "0"]), (name, text)
+            if not re.search(r"^0 packets dropped by kernel$", text, re.MULTILINE):
+                dropped.append((name, text))
+        elif re.findall(r"received/dropped on interface '[^']*': \d+/(\d+) ", text) not in (
+                ["0"], ["0", "0"]):
+            dropped.append((name, text))
+    return dropped
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory: pytest.TempPathFactory) -> Captures:
+    # A capture that lost packets proves little, and on a loaded 2-core machine the six
+    # capturing tools sometimes fall behind the publisher: such a run is made again (at
+    # most three times in all), never accepted.
+    for _attempt in range(3):
+        out = tmp_path_factory.mktemp("real")
+        meta = _capture_run(out)
+        dropped = _capture_drops(meta)
+        if not dropped:
+            break
+    assert not dropped, dropped
     files = {name: out / name for name in meta["stderr"]}
 
     def edit(source: str, target: str, *options: str) -> None:

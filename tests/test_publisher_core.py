@@ -354,3 +354,18 @@ def test_an_unchanged_leaf_is_not_encoded_again_by_the_next_cycle() -> None:
     # The cached encodings are what the leaves encode to now.
     assert {s.leaf_id: bytes(s.payload) for s in snapshots} == {
         leaf: value.to_bytes(8, "little") for leaf, value in pub.leaves.items()}
+
+
+def test_a_snapshot_that_fits_a_datagram_is_never_split_across_two() -> None:
+    """Leaves a little under a datagram each used to straddle datagrams nearly all of them
+    (the rest of one datagram, then the next): each now goes whole."""
+    pub = PublisherCore(BlobModel(), PublisherConfig(min_cycle_s=0.0), session_id=1)
+    for leaf in range(50):
+        pub.publish(leaf, (0, bytes([leaf]) * 900))  # 900 bytes: one per 1,400-byte datagram
+    for offset in range(0, 3000, 1000):  # larger than any datagram: still fragmented
+        pub.publish(99, (offset, b"z" * 1000))
+    snapshots = [m for d in drain(pub, 1.0) for m in d.messages if isinstance(m, Snapshot)]
+    whole = [s for s in snapshots if s.leaf_id != 99]
+    assert {s.leaf_id for s in whole} == set(range(50))
+    assert all(s.fragment_offset == 0 and len(s.payload) == s.total_length for s in whole)
+    assert sum(s.leaf_id == 99 for s in snapshots) >= 3

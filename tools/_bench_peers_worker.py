@@ -54,7 +54,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grapevine import BytesModel, Publisher, Subscriber, Update, UpdateKind
+from grapevine import BytesModel, Publisher, PublisherConfig, Subscriber, Update, UpdateKind
 from grapevine.book import BookDelta, Op, OrderBook, OrderBookModel, Side, decode_book, encode_book
 
 # The 32-byte message of the raw UDP and Grapevine BytesModel rows:
@@ -989,6 +989,8 @@ class LateJoinPub:
         self.group: str = config["group"]
         self.port: int = config["port"]
         self.churn_rate: int = config["churn_rate"]
+        self.config = PublisherConfig(snapshot_bytes_per_s=config["snapshot_bytes_per_s"]) \
+            if config.get("snapshot_bytes_per_s") else PublisherConfig()
         self.pub: Publisher[OrderBook, BookDelta] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1030,9 +1032,16 @@ class LateJoinPub:
         if name == "open":
             # The publisher takes the books as its state (no copy: 100,000 books).
             self.pub = Publisher(OrderBookModel(), group=self.group, port=self.port,
-                                 initial=self.books)
+                                 initial=self.books, config=self.config)
             self._start_churn()
             return {"session": self.pub.session_id}
+        if name == "settle":  # the first cycle is out, and then extra_s more
+            assert self.pub is not None
+            pause = threading.Event()
+            while self.pub.stats().cycles < 1:
+                pause.wait(0.005)
+            pause.wait(float(cmd["extra_s"]))
+            return {"cycles": self.pub.stats().cycles}
         if name == "pause":  # churn stops: the state is final until "resume"
             assert self.pub is not None
             began = time.monotonic()

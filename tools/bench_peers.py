@@ -52,8 +52,9 @@ Columns (medians over the repeats; every trial starts from fresh library objects
   every subscriber has the last message (a pyzmq PUB sends from its I/O thread; Grapevine's
   snapshot cycle runs meanwhile and is counted);
 * late join: a Grapevine order-book publisher of N books (``--late-join-levels`` levels a
-  side, churning ``--churn-rate`` deltas/s, snapshot cycle at its defaults); time from a new
-  ``Subscriber`` to synced, in a fresh process each time;
+  side, churning ``--churn-rate`` deltas/s, snapshot cycle at its defaults unless
+  ``--snapshot-mb-per-s``); once it has sent its first cycle, at a random moment of the
+  next, time from a new ``Subscriber`` to synced, in a fresh process each time;
 * replica memory per level: that late joiner's RSS growth at the largest N divided by the
   levels it holds; for pyzmq and LCM, the same books held as plain ``OrderBook`` objects
   (they have no replica of their own: that is what their subscriber holds).
@@ -78,6 +79,7 @@ import math
 import os
 import platform
 import queue
+import random
 import signal
 import socket
 import statistics
@@ -96,6 +98,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _bench_peers_worker import BOOK_ENTRY, POOL_ENTRY  # tools/: the files workers read
 from _netns import run_in_private_namespace  # this script's own folder, tools/
 
+from grapevine import PublisherConfig
 from grapevine.book import OrderBook, OrderBookModel, encode_book
 from grapevine.testing import Market, free_port
 
@@ -403,6 +406,7 @@ class Bench:
         self.rows = rows
         self.results = results
         self.trial_id = 0
+        self.rng = random.Random(args.seed)  # when, within a cycle, late joiners join
         self.endpoints: dict[str, dict[str, Any]] = {}
         for index, row in enumerate(rows):
             group = f"239.255.78.{index + 1}"
@@ -632,9 +636,14 @@ class Bench:
                     ljpubs[books] = (self.fleet.start(
                         f"ljpub{short(books)}", "ljpub",
                         {"books": str(books_files[books]), "churn_rate": args.churn_rate,
+                         "snapshot_bytes_per_s": args.snapshot_mb_per_s * 1e6,
                          **endpoint}, ready_timeout=900), endpoint)
                 ljpub, endpoint = ljpubs[books]
                 session = ljpub.call({"cmd": "open"})["session"]
+                # A late joiner joins a running stream: after the publisher's first cycle
+                # (which goes out at the full budget, as a new publisher's does), at a
+                # random moment of the next one.
+                ljpub.call({"cmd": "settle", "extra_s": self.rng.random()}, timeout=900)
                 try:
                     for row in lj_rows:
                         self.one_late_join(row, books, largest, key, repeat, ljpub, endpoint,
@@ -902,8 +911,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu-seconds", type=float, default=2.0)
     parser.add_argument("--late-join-books", type=int, nargs="+",
                         default=[1_000, 10_000, 100_000])
-    parser.add_argument("--late-join-levels", type=int, default=10,
+    parser.add_argument("--late-join-levels", type=int, default=20,
                         help="levels a side of the late-join books (Market levels)")
+    parser.add_argument("--snapshot-mb-per-s", type=float,
+                        default=PublisherConfig().snapshot_bytes_per_s / 1e6,
+                        help="the late-join publisher's snapshot budget (default: the "
+                             "library's default)")
     parser.add_argument("--churn-rate", type=int, default=5_000,
                         help="deltas/s the late-join publisher publishes meanwhile")
     parser.add_argument("--leaves", type=int, default=1_000,
