@@ -111,8 +111,11 @@ class SubscriberConfig:
     reorder_window_s: float = 0.02
     """How long a hole in the stream may wait for a late datagram before it is a gap.
     Larger tolerates more reordering; smaller reports loss (and starts repair) sooner."""
-    reorder_window_datagrams: int = 64
-    """Datagrams held ahead of a hole at most; beyond it the hole becomes a gap at once."""
+    reorder_window_datagrams: int = 512
+    """Datagrams held ahead of a hole at most; beyond it the hole becomes a gap at once.
+    It must cover what arrives while a retransmission is on its way: at 5,000 datagrams/s
+    (100k deltas/s) 512 is about 100 ms (at most ~0.7 MB held). It was 64, about 13 ms at
+    that rate: a loaded machine's answer came too late, and the hole became a gap."""
     silence_timeout_s: float | None = None
     """Nothing heard for this long: SILENT and unsynced. None: 3 heartbeat intervals (as
     the publisher announces them)."""
