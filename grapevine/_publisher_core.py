@@ -277,22 +277,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         else:
             leaves[leaf_id] = model.apply(model.new_leaf(), delta)
             flags = DeltaFlag.CREATE
-        # _enqueue_delta, inlined: this is the per-delta cost of every publish.
-        leaf_seqs = self._leaf_seqs
-        leaf_seq = leaf_seqs.get(leaf_id, 0) + 1
-        leaf_seqs[leaf_id] = leaf_seq
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        self._queue.append((leaf_id, leaf_seq, flags, payload))
-        self._queued_deltas += 1
-        self._queued_delta_bytes += DELTA_OVERHEAD + len(payload)
-        self.stats.deltas += 1
-        if self._summaries:
-            touched = self._touched
-            touched[leaf_id] = leaf_seq
-            if len(touched) >= self._touched_max:
-                self._queue_touched()  # a summary must fit one datagram
-        return seq
+        return self._enqueue_delta(leaf_id, flags, payload)
 
     def delete(self, leaf_id: int) -> int:
         """Remove leaf ``leaf_id`` and queue a DELETE delta. Raises KeyError if absent."""

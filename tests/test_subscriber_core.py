@@ -239,13 +239,19 @@ def test_gap_makes_leaves_suspect_until_proven_and_touched_leaves_stale() -> Non
     assert sub.values() == dict(pair.pub.leaves.items())
 
 
-def test_a_stale_leaf_keeps_buffering_and_repairs_with_the_chain() -> None:
+def leaf_0_made_stale() -> Pair:
+    """Two leaves; a change of leaf 0 lost, the next one delivered: leaf 0 is STALE."""
     pair = Pair(leaves=2, reorder_window_s=0.01)
     pair.pub.publish(0, 1)
     pair.sent()  # lost
     pair.pub.publish(0, 2)
     pair.deliver(pair.sent())
     pair.tick(0.02)
+    return pair
+
+
+def test_a_stale_leaf_keeps_buffering_and_repairs_with_the_chain() -> None:
+    pair = leaf_0_made_stale()
     # Snapshot taken now, then more changes that arrive after it.
     cycle = pair.full_cycle()
     pair.pub.publish(0, 3)
@@ -561,12 +567,7 @@ def test_an_overloaded_subscriber_keeps_no_buffer_for_stale_leaves_and_still_rep
     """Issue 12: while the runtime reports kernel drops, a STALE leaf's DELTAs are not
     kept (the buffer is emptied and the repair must reflect them, as on overflow); the
     next snapshot still repairs it exactly, and buffering resumes once the overload ends."""
-    pair = Pair(leaves=2, reorder_window_s=0.01)
-    pair.pub.publish(0, 1)
-    pair.sent()  # lost
-    pair.pub.publish(0, 2)
-    pair.deliver(pair.sent())
-    pair.tick(0.02)
+    pair = leaf_0_made_stale()
     sub = pair.sub
     rec = sub.leaves[0]
     assert rec.stale
