@@ -298,16 +298,6 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         return self._queued_deltas
 
     @property
-    def last_send_at(self) -> float:
-        """The ``now`` of the last datagram returned (heartbeats included)."""
-        return self._last_send
-
-    @property
-    def queue_length(self) -> int:
-        """Items waiting to be packed: deltas, summaries and snapshots."""
-        return len(self._queue)
-
-    @property
     def queue_fills_a_datagram(self) -> bool:
         """True if the queued deltas fill at least one datagram (lingering is pointless)."""
         return self._queued_delta_bytes >= self._room - HEADER_SIZE
@@ -338,16 +328,12 @@ class PublisherCore(Generic[LeafT, DeltaT]):
             return []
         return server.handle(request, requester, now, send_time_ns or max(1, round(now * 1e9)))
 
-    def next_datagram(self, now: float, send_time_ns: int = 0, *,
-                      snapshots: bool = True) -> memoryview | None:
+    def next_datagram(self, now: float, send_time_ns: int = 0) -> memoryview | None:
         """The next datagram to send at time ``now``, or None if nothing is due.
 
         ``now`` drives pacing (any monotonic clock, seconds); ``send_time_ns`` is the wall
         clock (Unix ns) written into the header for captures and latency measurement
-        (0: ``now`` in nanoseconds). ``snapshots=False`` encodes no new snapshot for it
-        (those already queued still go, in order): a caller that cannot afford the
-        encoding, such as a publishing thread sending its own delta, leaves the cycle to
-        the next call that allows it.
+        (0: ``now`` in nanoseconds).
 
         Call repeatedly until it returns None, then wait until :meth:`next_wakeup` or a
         publish. The returned view is valid until the next call.
@@ -357,15 +343,14 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         if self._touched and now - self._touched_at >= self.config.touched_interval_s:
             self._queue_touched()
             self._touched_at = now
-        if snapshots:
-            self._maybe_queue_snapshot(now)
+        self._maybe_queue_snapshot(now)
         if not self._queue:
             if now - self._last_send >= self.config.heartbeat_interval_s:
                 self._builder.start(self._packed_seq)
                 self._add_heartbeat(now)
                 return self._finish(now, send_time_ns)
             return None
-        return self._pack(now, send_time_ns, snapshots)
+        return self._pack(now, send_time_ns)
 
     def _add_heartbeat(self, now: float) -> None:
         self._builder.add_heartbeat(self._heartbeat_ms)
@@ -429,7 +414,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         self.stats.touched_summaries += 1
         self.stats.touched_entries += len(entries)
 
-    def _pack(self, now: float, send_time_ns: int, snapshots: bool = True) -> memoryview:
+    def _pack(self, now: float, send_time_ns: int) -> memoryview:
         builder = self._builder
         first = self._packed_seq
         builder.start(first)
@@ -442,7 +427,7 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         while True:
             if not queue:
                 # Fill the rest of the datagram with snapshots while the budget allows.
-                if not snapshots or builder.room < SNAPSHOT_OVERHEAD + _MIN_FRAGMENT:
+                if builder.room < SNAPSHOT_OVERHEAD + _MIN_FRAGMENT:
                     break
                 self._maybe_queue_snapshot(now)
                 if not queue:
