@@ -66,22 +66,26 @@ class PublisherConfig:
     """Largest datagram sent, bytes (default 1400: fits an Ethernet MTU without IP
     fragmentation). Larger means fewer datagrams per delta and per snapshot, but above the
     path MTU IP fragments them and losing one fragment loses the whole datagram."""
-    snapshot_bytes_per_s: float = 8_000_000.0
+    snapshot_bytes_per_s: float = 16_000_000.0
     """Bandwidth budget of the snapshot cycle, bytes/s. A cycle takes about
     ``max(min_cycle_s, state bytes / snapshot_bytes_per_s)``: late joiners sync and lost
     changes are repaired within about one cycle, at this constant cost in bandwidth (and
-    CPU on every subscriber)."""
-    min_cycle_s: float = 1.0
+    CPU on every subscriber). The default (it was 8 MB/s) syncs a late joiner to 10,000
+    order books of 20 levels a side (11.6 MB) in 0.8 s; states under 8 MB never reach it
+    (their cycle is ``min_cycle_s``). Lower it on links that cannot spare 128 Mbit/s."""
+    min_cycle_s: float = 0.5
     """Shortest snapshot cycle, seconds: for small states, the cycle's period (and thus a
     late joiner's sync time, and the repair time of a loss retransmission cannot repair)
     instead of the bandwidth budget. Such a cycle is spread evenly over this period (a
     datagram's worth at a time), not sent in one burst that deltas would wait behind;
     only a publisher's first cycle goes out at the full budget.
 
-    Every snapshot costs an encoding on the publisher and a check on every subscriber:
-    at 20,000 book deltas/s over 1,000 books, about 4.5 us of CPU per delta on each side
-    with a 0.25 s cycle, 2.5 us with 1 s (the default since retransmission repairs most
-    losses within milliseconds; it was 0.25 s), 1.2 us with 2 s."""
+    Every snapshot costs an encoding on the publisher (none for a leaf unchanged since
+    its last one) and a check on every subscriber: at 20,000 book deltas/s over 1,000
+    books, ``tools/bench_cycle.py`` measured 2.2x the CPU per delta of the deltas alone
+    on each side with a 0.25 s cycle (the default before issue 12), 1.4-1.6x with 0.5 s
+    (the default since retransmission repairs most losses within milliseconds), 1.2-1.3x
+    with 1 s."""
     heartbeat_interval_s: float = 0.5
     """Idle interval after which a HEARTBEAT is sent. Subscribers derive their silence
     timeout (3 intervals) and restart grace (2 intervals) from it."""

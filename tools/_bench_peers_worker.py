@@ -989,8 +989,11 @@ class LateJoinPub:
         self.group: str = config["group"]
         self.port: int = config["port"]
         self.churn_rate: int = config["churn_rate"]
-        self.config = PublisherConfig(snapshot_bytes_per_s=config["snapshot_bytes_per_s"]) \
-            if config.get("snapshot_bytes_per_s") else PublisherConfig()
+        default = PublisherConfig()
+        self.config = PublisherConfig(
+            snapshot_bytes_per_s=config.get("snapshot_bytes_per_s")
+            or default.snapshot_bytes_per_s,
+            min_cycle_s=config.get("min_cycle_s", default.min_cycle_s))
         self.pub: Publisher[OrderBook, BookDelta] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -53,8 +53,9 @@ Columns (medians over the repeats; every trial starts from fresh library objects
   snapshot cycle runs meanwhile and is counted);
 * late join: a Grapevine order-book publisher of N books (``--late-join-levels`` levels a
   side, churning ``--churn-rate`` deltas/s, snapshot cycle at its defaults unless
-  ``--snapshot-mb-per-s``); once it has sent its first cycle, at a random moment of the
-  next, time from a new ``Subscriber`` to synced, in a fresh process each time;
+  ``--snapshot-mb-per-s`` or ``--min-cycle-s``); once it has sent its first cycle, at a
+  random moment of the next, time from a new ``Subscriber`` to synced, in a fresh process
+  each time;
 * replica memory per level: that late joiner's RSS growth at the largest N divided by the
   levels it holds; for pyzmq and LCM, the same books held as plain ``OrderBook`` objects
   (they have no replica of their own: that is what their subscriber holds).
@@ -637,6 +638,7 @@ class Bench:
                         f"ljpub{short(books)}", "ljpub",
                         {"books": str(books_files[books]), "churn_rate": args.churn_rate,
                          "snapshot_bytes_per_s": args.snapshot_mb_per_s * 1e6,
+                         "min_cycle_s": args.min_cycle_s,
                          **endpoint}, ready_timeout=900), endpoint)
                 ljpub, endpoint = ljpubs[books]
                 session = ljpub.call({"cmd": "open"})["session"]
@@ -917,6 +919,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         default=PublisherConfig().snapshot_bytes_per_s / 1e6,
                         help="the late-join publisher's snapshot budget (default: the "
                              "library's default)")
+    parser.add_argument("--min-cycle-s", type=float, default=PublisherConfig().min_cycle_s,
+                        help="the late-join publisher's min_cycle_s (default: the library's)")
     parser.add_argument("--churn-rate", type=int, default=5_000,
                         help="deltas/s the late-join publisher publishes meanwhile")
     parser.add_argument("--leaves", type=int, default=1_000,
