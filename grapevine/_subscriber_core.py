@@ -216,6 +216,7 @@ class SubscriberCounters:
     oversize_snapshots: int = 0
     bad_fragments: int = 0  # reassemblies dropped: overlapping fragments disagreed
     buffer_overflows: int = 0
+    shed_deltas: int = 0  # DELTAs of STALE leaves not buffered because of overload
     bad_payloads: int = 0  # payloads the model rejected (decode or apply raised)
     divergences: int = 0  # evidence contradicted what the replica held as fresh
     census_mismatches: int = 0  # a snapshot's leaf count contradicted a complete coverage
@@ -288,7 +289,6 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         # buffer (SubscriberCore._buffer). Not per session: it is about this process.
         self._overloaded_until = float("-inf")
         self._shedding = False  # the DELTA being processed arrived while overloaded
-        self.shed_deltas = 0  # DELTAs of STALE leaves not buffered because of overload
         keys = self.config.keys
         self._verifier = Verifier(keys) if keys is not None else None
         self._replay_guard = ReplayGuard(round(self.config.replay_window_s * 1e9))
@@ -762,7 +762,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                                 buffer.clear()
                             if rec.required <= seq:
                                 rec.required = seq + 1
-                            self.shed_deltas += 1
+                            stats.shed_deltas += 1
                         elif len(buffer) >= self.config.max_buffered_deltas_per_leaf:
                             buffer.clear()
                             if rec.required <= seq:
@@ -1002,7 +1002,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if self._shedding and delta.leaf_id not in self._reassembler._partials:
             buffer.clear()
             rec.required = max(rec.required, delta.seq + 1)
-            self.shed_deltas += 1
+            self.stats.shed_deltas += 1
             return
         if len(buffer) >= self.config.max_buffered_deltas_per_leaf:
             # Forget the buffer; the repair must then reflect this delta too.

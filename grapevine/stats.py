@@ -172,6 +172,9 @@ class SubscriberStats(_Counters):
     buffer_overflows: int
     """Stale leaves whose buffered deltas passed ``max_buffered_deltas_per_leaf``: the
     buffer was dropped and the repair waits for a later snapshot."""
+    shed_deltas: int
+    """Deltas of stale leaves not buffered because the subscriber was overloaded (kernel
+    drops in the last second): their snapshot repairs those leaves anyway."""
 
     # -- callbacks and the runtime
     callback_errors: int

@@ -578,7 +578,7 @@ def test_an_overloaded_subscriber_keeps_no_buffer_for_stale_leaves_and_still_rep
         pair.deliver(pair.sent())
     assert unnarrowed(rec.stale)
     assert rec.buffer == []
-    assert sub.shed_deltas == 2
+    assert sub.stats.shed_deltas == 2
     assert rec.required == sub.expected  # the repair must reflect the shed DELTAs
     assert not sub.is_fresh(0)
     assert not unnarrowed(sub.synced)
@@ -598,7 +598,7 @@ def test_an_overloaded_subscriber_keeps_no_buffer_for_stale_leaves_and_still_rep
     pair.deliver(pair.sent())
     assert sub.leaves[1].stale
     assert sub.leaves[1].buffer
-    assert sub.shed_deltas == 2
+    assert sub.stats.shed_deltas == 2
 
 
 def test_an_overloaded_subscriber_buffers_while_a_fragmented_snapshot_assembles() -> None:
