@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import StatusEvent, SubscriberConfig, SubscriberCore
-from grapevine.codec import restamped
+from grapevine.codec import Decoded, decode_datagram, restamped
 from grapevine.events import UpdateKind
 from grapevine.testing import free_port
 
@@ -100,6 +100,19 @@ class BlobModel:
     def decode_leaf(self, payload: memoryview) -> bytes:
         return bytes(payload)
 
+
+
+def capture(pub: PublisherCore[Any, Any], now: float) -> list[bytes]:
+    """Every datagram the publisher wants to send at ``now``."""
+    out = []
+    while (datagram := pub.next_datagram(now)) is not None:
+        out.append(bytes(datagram))
+    return out
+
+
+def drain(pub: PublisherCore[Any, Any], now: float) -> list[Decoded]:
+    """Every datagram the publisher wants to send at ``now``, decoded."""
+    return [decode_datagram(data) for data in capture(pub, now)]
 
 @dataclass
 class LinkFaults:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import BlobModel, ChainModel, unnarrowed
+from helpers import BlobModel, ChainModel, drain, unnarrowed
 
 from grapevine import ConfigError, EncodeError, QueueFullError
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine.codec import (
     SNAPSHOT_OVERHEAD,
-    Decoded,
     Delta,
     Heartbeat,
     Snapshot,
@@ -19,13 +18,6 @@ from grapevine.codec import (
     decode_datagram,
 )
 from grapevine.wire import MAX_LEAF_ID, DeltaFlag, SnapshotFlag
-
-
-def drain(pub: PublisherCore[Any, Any], now: float) -> list[Decoded]:
-    out = []
-    while (datagram := pub.next_datagram(now)) is not None:
-        out.append(decode_datagram(bytes(datagram)))
-    return out
 
 
 def test_sequence_numbers_and_leaf_sequences() -> None:

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import fast_publisher, wait_until
+from helpers import drain, fast_publisher, wait_until
 
 import grapevine.publisher as publisher_module
 from grapevine import (
@@ -32,7 +32,7 @@ from grapevine import (
 )
 from grapevine._publisher_core import PublisherCore
 from grapevine._transport import open_sender
-from grapevine.codec import Delta, Snapshot, decode_datagram
+from grapevine.codec import Delta, Snapshot
 from grapevine.wire import SnapshotFlag
 
 
@@ -52,13 +52,6 @@ class NoneModel(BytesModel):
         if leaf == b"none":
             return None  # type: ignore[return-value]
         return bytes(leaf)
-
-
-def drain(core: PublisherCore[Any, Any], now: float) -> list[Any]:
-    out = []
-    while (datagram := core.next_datagram(now)) is not None:
-        out.append(decode_datagram(bytes(datagram)))
-    return out
 
 
 def run_cycle(core: PublisherCore[Any, Any], start: float) -> tuple[list[Any], float]:

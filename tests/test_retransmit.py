@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import ChainModel, fast_publisher, wait_until
+from helpers import ChainModel, capture, fast_publisher, wait_until
 
 from grapevine import (
     BytesModel,
@@ -267,10 +267,7 @@ class Link:
         assert self.sub.synced
 
     def sent(self) -> list[bytes]:
-        out = []
-        while (datagram := self.pub.next_datagram(self.now)) is not None:
-            out.append(bytes(datagram))
-        return out
+        return capture(self.pub, self.now)
 
     def deliver(self, datagrams: list[bytes]) -> None:
         for data in datagrams:

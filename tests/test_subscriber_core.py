@@ -14,6 +14,7 @@ from helpers import (
     LinkFaults,
     Simulation,
     assert_converged,
+    capture,
     unnarrowed,
 )
 
@@ -30,14 +31,6 @@ from grapevine.wire import SnapshotFlag
 
 # More seeds for a soak: GRAPEVINE_SEEDS=200 pytest tests/test_subscriber_core.py -k random
 RANDOM_SEEDS = int(os.environ.get("GRAPEVINE_SEEDS", "6"))
-
-
-def capture(pub: PublisherCore[Any, Any], now: float) -> list[bytes]:
-    """Every datagram the publisher wants to send at ``now``."""
-    out = []
-    while (datagram := pub.next_datagram(now)) is not None:
-        out.append(bytes(datagram))
-    return out
 
 
 def kinds(events: list[StatusEvent]) -> list[Status]:

@@ -7,7 +7,7 @@ datagrams, END_OF_SESSION rules, resync, lag, heartbeat clamping.
 
 from __future__ import annotations
 
-from helpers import ChainModel, unnarrowed
+from helpers import ChainModel, capture, unnarrowed
 
 from grapevine._publisher_core import PublisherConfig, PublisherCore
 from grapevine._subscriber_core import Status, SubscriberConfig, SubscriberCore
@@ -37,10 +37,7 @@ class Feed:
             self.pub.publish(leaf_id, leaf_id)
 
     def sent(self) -> list[bytes]:
-        out = []
-        while (datagram := self.pub.next_datagram(self.now)) is not None:
-            out.append(bytes(datagram))
-        return out
+        return capture(self.pub, self.now)
 
     def deliver(self, datagrams: list[bytes]) -> None:
         for datagram in datagrams:
