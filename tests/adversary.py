@@ -578,6 +578,12 @@ class World:
         s.seen_ids = set()
         s.events.clear()
 
+    def move_overload(self, sub: int) -> None:
+        """The runtime reports kernel drops (it read too slowly): holes become gaps at
+        once and, for a while, STALE leaves keep no buffer. At any moment, not only after
+        a loss: the promises must hold whenever it comes."""
+        self._call(self.sub(sub), None, overloaded=True)
+
     # ------------------------------------------------------------------ attacks
 
     def move_mutate(self, sub: int, cls: str, k: int, target: str, op: str, operand: int,
@@ -923,11 +929,13 @@ class World:
         s.received += 1
         self._call(s, f.data)
 
-    def _call(self, s: Sub, data: bytes | None) -> None:
-        """receive() (or poll() if ``data`` is None), then the whole oracle."""
-        what = "poll" if data is None else "receive"
+    def _call(self, s: Sub, data: bytes | None, *, overloaded: bool = False) -> None:
+        """receive() (or poll() if ``data`` is None, or overloaded()), then the oracle."""
+        what = "overloaded" if overloaded else "poll" if data is None else "receive"
         try:
-            if data is None:
+            if overloaded:
+                s.core.overloaded(self.now)
+            elif data is None:
                 s.core.poll(self.now)
             elif data[:4] == wire.RETRANSMIT_MAGIC:  # an UNAVAILABLE answer, as the runtime
                 packet = decode_retransmit(data)
@@ -1124,7 +1132,7 @@ def random_move(rng: random.Random, scenario: Scenario) -> Move:
     kinds = ["publish"] * 12 + ["advance"] * 12 + ["burst"] * 3 + ["delete"] * 2
     kinds += ["drop"] * 5 + ["dup"] * 2 + ["delay"] * 3 + ["hold"] * 2 + ["release"] * 3
     kinds += ["arm"] * 3 + ["faults", "replay", "refragment", "restart", "rejoin", "heal"]
-    kinds += ["long_advance"]
+    kinds += ["long_advance"] + ["overload"] * 2
     if scenario.attacks in ("control", "all"):
         kinds += ["forge_control"] * 2 + ["mutate_control"] * 2
     if scenario.attacks == "all":
@@ -1157,8 +1165,8 @@ def random_move(rng: random.Random, scenario: Scenario) -> Move:
         return ("refragment", sub, rng.randrange(-4, 0), rng.getrandbits(16))
     if kind == "restart":
         return ("restart", rng.random() < 0.5, rng.random() < 0.6)
-    if kind == "rejoin":
-        return ("rejoin", sub)
+    if kind in ("rejoin", "overload"):
+        return (kind, sub)
     if kind == "heal":
         return ("heal", rng.getrandbits(16), rng.random() < 0.7)
     if kind == "forge_control":
