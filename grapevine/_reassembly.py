@@ -138,6 +138,10 @@ class Reassembler:
         self._partials.clear()
         self.bytes_held = 0
 
+    def in_progress(self, leaf_id: int) -> bool:
+        """Whether a snapshot of ``leaf_id`` is being reassembled."""
+        return leaf_id in self._partials
+
     def __len__(self) -> int:
         return len(self._partials)
 

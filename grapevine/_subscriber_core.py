@@ -710,7 +710,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         reason="data after END_OF_SESSION")
         in_order = datagram.sequence >= expected
         first_new = expected
-        shedding = self._shedding = now < self._overloaded_until
+        self._shedding = now < self._overloaded_until
         send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple: see below
@@ -750,26 +750,9 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                             self.expected = first_new
                             return
                     if rec is not None and rec.stale and not flags & _CREATE_OR_DELETE:
-                        # Step (c) 5, inlined: a STALE leaf buffers every DELTA but CREATE
-                        # and DELETE (its leaf_seq judges nothing). While overloaded it
-                        # keeps none: see _buffer, which this is.
-                        if seq > rec.seen_seq:
-                            rec.seen_seq = seq
-                        buffer = rec.buffer
-                        assert buffer is not None
-                        if shedding and leaf_id not in self._reassembler._partials:
-                            if buffer:
-                                buffer.clear()
-                            if rec.required <= seq:
-                                rec.required = seq + 1
-                            stats.shed_deltas += 1
-                        elif len(buffer) >= self.config.max_buffered_deltas_per_leaf:
-                            buffer.clear()
-                            if rec.required <= seq:
-                                rec.required = seq + 1
-                            stats.buffer_overflows += 1
-                        else:
-                            buffer.append((leaf_seq, seq, flags, bytes(payload)))
+                        # Step (c) 5 without the slow path's detour: a STALE leaf buffers
+                        # every DELTA but CREATE and DELETE (its leaf_seq judges nothing).
+                        self._buffer(rec, seq, leaf_id, leaf_seq, flags, payload)
                         expected = seq + 1
                         applied += 1
                         continue
@@ -909,10 +892,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if rec is None:
             # A change to a leaf we do not hold: it waits for a snapshot.
             rec = self._new_unknown_leaf(leaf_id, required=delta.seq, seen_seq=delta.seq)
-            self._buffer(rec, delta)
+            self._buffer(rec, *delta)
             return None
         if rec.stale:
-            self._buffer(rec, delta)
+            self._buffer(rec, *delta)
             return None
         if delta.leaf_seq == rec.leaf_seq + 1:
             # The next change of a suspect leaf proves it untouched by the gaps (or a
@@ -934,7 +917,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         # leaf_seq jumped: this leaf missed changes. A repair must reflect everything
         # before this delta.
         self._make_stale(rec, leaf_id, required=delta.seq, now=now)
-        self._buffer(rec, delta)
+        self._buffer(rec, *delta)
         return True
 
     def _contradicted_leaf(self, leaf_id: int, delta: Delta, now: float) -> None:
@@ -985,7 +968,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.stats.leaves_made_stale += 1
             self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
 
-    def _buffer(self, rec: _Leaf, delta: Delta) -> None:
+    def _buffer(self, rec: _Leaf, seq: int, leaf_id: int, leaf_seq: int, flags: int,
+                payload: memoryview | bytes) -> None:
         """Keep a DELTA of a STALE leaf for its repair (SPEC §12(c), the buffer).
 
         While the runtime reads too slowly (:meth:`overloaded`), it is not kept: the buffer
@@ -998,19 +982,20 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         DELTAs: while one is in progress for the leaf, its DELTAs are buffered still."""
         buffer = rec.buffer
         assert buffer is not None
-        rec.seen_seq = max(rec.seen_seq, delta.seq)
-        if self._shedding and delta.leaf_id not in self._reassembler._partials:
+        if seq > rec.seen_seq:
+            rec.seen_seq = seq
+        if self._shedding and not self._reassembler.in_progress(leaf_id):
             buffer.clear()
-            rec.required = max(rec.required, delta.seq + 1)
+            rec.required = max(rec.required, seq + 1)
             self.stats.shed_deltas += 1
             return
         if len(buffer) >= self.config.max_buffered_deltas_per_leaf:
             # Forget the buffer; the repair must then reflect this delta too.
             buffer.clear()
-            rec.required = max(rec.required, delta.seq + 1)
+            rec.required = max(rec.required, seq + 1)
             self.stats.buffer_overflows += 1
             return
-        buffer.append((delta.leaf_seq, delta.seq, delta.flags, bytes(delta.payload)))
+        buffer.append((leaf_seq, seq, flags, bytes(payload)))
 
     def _mark_verified(self, rec: _Leaf, checked: int) -> None:
         """The leaf is right as of a point after the first ``checked`` gaps."""
