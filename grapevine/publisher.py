@@ -153,9 +153,9 @@ class Publisher(Generic[LeafT, DeltaT]):
             if self._stopping or self._closed or self._failure is not None:
                 self._check_open()  # raises
             core = self._core
-            if core._queued_deltas >= self._max_queued:  # the hot path: no property call
+            if core.queued_deltas >= self._max_queued:
                 self._wait_for_room()
-            if self._linger_s and not core._queued_deltas:
+            if self._linger_s and not core.queued_deltas:
                 self._burst_started_at = time.monotonic()
             seq = core.publish(leaf_id, delta)
             if self._sender_waiting:
