@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, not_
 from typing import Any, Generic
 
 from sortedcontainers import SortedDict
@@ -46,6 +47,7 @@ from ._errors import ConfigError, DecodeError, UnknownLeafError
 from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
+from ._shedding import Shedder
 from ._retransmit import RepairRequester
 from ._stream_id import check_stream_id
 from .auth import KeyRing, ReplayGuard, Verdict, Verifier
@@ -83,9 +85,6 @@ _MIN_INTERVAL_S, _MAX_INTERVAL_S = 0.05, 30.0
 _CREATE, _DELETE = int(DeltaFlag.CREATE), int(DeltaFlag.DELETE)
 _CREATE_OR_DELETE = _CREATE | _DELETE  # other DELTA flag bits are reserved
 _SNAPSHOT_LAST, _SNAPSHOT_DELETED = int(SnapshotFlag.LAST), int(SnapshotFlag.DELETED)
-# How long after the runtime last reported kernel drops (:meth:`SubscriberCore.overloaded`)
-# STALE leaves keep no buffer (see SubscriberCore._buffer).
-_OVERLOAD_HOLD_S = 1.0
 _LAG_JUMP_S = 1.0  # a delay this far below the floor needs a second datagram to count
 _LAG_WINDOW_S = 30.0  # the lag floor is the least delay seen over the last one or two
 _FULL_CHECK_EVERY = 8  # verifications of unchanged leaves: one in this many re-encodes
@@ -93,6 +92,7 @@ _FULL_CHECK_EVERY = 8  # verifications of unchanged leaves: one in this many re-
 CHANGED, REPLACED, DELETED = UpdateKind.CHANGED, UpdateKind.REPLACED, UpdateKind.DELETED
 _new_tuple = tuple.__new__
 _buffered_seq = itemgetter(1)  # the stream sequence of a buffered DELTA
+_delta_leaf_id = itemgetter(1)  # the leaf_id of a DELTA (a Delta, or its fields' tuple)
 
 
 def _as_delta(message: tuple[Any, ...]) -> Delta:
@@ -217,6 +217,8 @@ class SubscriberCounters:
     bad_fragments: int = 0  # reassemblies dropped: overlapping fragments disagreed
     buffer_overflows: int = 0
     shed_deltas: int = 0  # DELTAs of STALE leaves not buffered because of overload
+    leaves_shed: int = 0  # fresh leaves made STALE on purpose: the receive queue was filling
+    repairs_deferred: int = 0  # repairs put off while overloaded (the queue not draining)
     bad_payloads: int = 0  # payloads the model rejected (decode or apply raised)
     divergences: int = 0  # evidence contradicted what the replica held as fresh
     census_mismatches: int = 0  # a snapshot's leaf count contradicted a complete coverage
@@ -233,8 +235,8 @@ class SubscriberCounters:
 class _Leaf:
     """One leaf's replica record."""
 
-    __slots__ = ("buffer", "checked", "claimed_by", "leaf_seq", "required", "seen_seq", "stale",
-                 "value", "verified")
+    __slots__ = ("buffer", "checked", "claimed_by", "leaf_seq", "required", "seen_seq", "shed_at",
+                 "stale", "value", "verified")
 
     def __init__(self, value: Any, leaf_seq: int, checked: int, seen_seq: int) -> None:
         self.value = value
@@ -250,6 +252,10 @@ class _Leaf:
         # The source (datagram sequence, cycle_id, cycle_position) of the absence claim that
         # made this FRESH leaf stale: only a claim from another source may remove it.
         self.claimed_by: tuple[int, int, int] | None = None
+        # Shed (made STALE by choice, SubscriberCore._shed) while exact, when the session
+        # had this many gaps; None otherwise. Until another gap, it missed nothing: no
+        # DELETE either, so an absence claim alone does not remove it (_assert_absent).
+        self.shed_at: int | None = None
 
 
 class SubscriberCore(Generic[LeafT, DeltaT]):
@@ -285,9 +291,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         self._retired: list[int] = []
         self._verifications = 0
         self._behind_since: float | None = None  # first datagram behind the position
-        # Until when the runtime reads too slowly (kernel drops): STALE leaves then keep no
-        # buffer (SubscriberCore._buffer). Not per session: it is about this process.
-        self._overloaded_until = float("-inf")
+        # Whether the runtime reads too slowly: then leaves are shed, repairs wait for room
+        # and STALE leaves keep no buffer (_buffer). Not per session: it is this process.
+        self._shedder = Shedder()
+        self._accepted = 0  # datagrams that passed the stream, key and session filters
         self._shedding = False  # the DELTA being processed arrived while overloaded
         keys = self.config.keys
         self._verifier = Verifier(keys) if keys is not None else None
@@ -331,6 +338,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             self.poll(now)
             return
         self.last_heard = now
+        self._accepted += 1  # the stream's, whatever it holds (for _shedder)
         if self.silent:
             self.silent = False
             self._event(Status.RESUMED, now, session_id=self.session_id)
@@ -427,15 +435,49 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def overloaded(self, now: float) -> None:
         """The runtime reads too slowly (the kernel dropped datagrams for it): asking for
         more would feed the overload, so the holes open now become gaps at once and the
-        snapshot cycle repairs them (issue 12: degrade, do not collapse). For a while, STALE
-        leaves also keep no buffer of their DELTAs: work the snapshot that repairs them makes
-        useless (see :meth:`_buffer`)."""
-        self._overloaded_until = now + _OVERLOAD_HOLD_S
+        snapshot cycle repairs them (issue 12: degrade, do not collapse). It is also a full
+        receive queue for :meth:`backlog`."""
         requester = self._requester
         if requester:
             for first, end in self._reorder.missing(self.expected or 0):
                 requester.unavailable(first, end)
+        self.backlog(1.0, now)
+        if requester:
             self._run_timers(now)
+
+    def backlog(self, fill: float, now: float) -> None:
+        """The runtime's receive queue is ``fill`` full (0 to 1) at ``now``: it reports
+        this when it reads a batch without emptying the queue. While the queue fills, some
+        fresh leaves go STALE on purpose (the highest leaf ids first), so that those kept
+        are followed exactly instead of all going STALE when the kernel drops datagrams;
+        while overloaded, repairs wait until the queue drains, STALE leaves keep no buffer,
+        and everything resumes by itself once the reports stop (SPEC §12(c), "Shedding
+        leaves"; the policy is grapevine._shedding)."""
+        if self._shedder.report(fill, now, self.stats.datagrams, self._accepted):
+            self._shed(now)
+
+    def _shed(self, now: float) -> None:
+        """Make STALE a share of the leaves that are not: the highest leaf ids first."""
+        held = self.leaves
+        count = self._shedder.share(len(held) - len(self._stale))
+        if not count or self.expected is None:
+            return
+        required = self.expected  # a repair must reflect every DELTA taken so far
+        chosen = []
+        for leaf_id in reversed(held):
+            if not held[leaf_id].stale:
+                chosen.append(leaf_id)
+                if len(chosen) == count:
+                    break
+        gaps = self._gaps
+        for leaf_id in chosen:
+            rec = held[leaf_id]
+            exact = not gaps.is_suspect(rec.checked)
+            self._make_stale(rec, leaf_id, required=required, now=now,
+                             reason="shed: the receive queue is filling")
+            rec.shed_at = gaps.count if exact else None
+        self.stats.leaves_shed += len(chosen)
+        self._update_synced(now)
 
     def _gap_window(self) -> float:
         """How long a confirmed hole waits before it is a gap: longer while retransmission
@@ -473,12 +515,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     @property
     def unverified(self) -> int:
         """Leaves that are stale or suspect (not fresh). O(1)."""
-        return self._stale_count + self._gaps.suspects
+        return len(self._stale) + self._gaps.suspects
 
     @property
     def stale_count(self) -> int:
         """Leaves known to have missed changes. O(1)."""
-        return self._stale_count
+        return len(self._stale)
 
     def is_fresh(self, leaf_id: int) -> bool:
         """True if the leaf is installed, not stale and verified against every gap."""
@@ -516,11 +558,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def _check(self) -> None:
         """Assert the bookkeeping invariants (tests call this after every datagram)."""
         stale = [rec for rec in self.leaves.values() if rec.stale]
-        assert self._stale_count == len(stale), (self._stale_count, len(stale))
+        assert self._stale == set(stale), (len(self._stale), len(stale))
+        assert self._bulk_shed_upto <= (self.expected or 0)
         self._gaps._check([rec.checked for rec in self.leaves.values() if not rec.stale])
         expected = self.expected
         for rec in self.leaves.values():
             assert (rec.buffer is not None) == rec.stale
+            assert rec.shed_at is None or rec.stale
             assert rec.value is not _ABSENT or rec.stale
             if rec.stale and expected is not None:
                 # A repair must always be possible from a snapshot of the current position.
@@ -560,7 +604,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         # Leaf-set coverage set aside at the first unresolved gap, restored if summaries
         # resolve every gap since (None once a gap is given up on).
         self._saved_coverage: tuple[Coverage, int, bool] | None = None
-        self._stale_count = 0
+        self._stale: set[_Leaf] = set()  # the STALE records (their count is O(1))
+        # Overloaded, whole datagrams' DELTAs of STALE leaves are dropped in bulk, with no
+        # per-DELTA record (see _process): every position before this one may have held
+        # such a DELTA, so a repair must be as of this position or later (_repair).
+        self._bulk_shed_upto = 0
         self._coverage = Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
@@ -710,10 +758,29 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                         reason="data after END_OF_SESSION")
         in_order = datagram.sequence >= expected
         first_new = expected
-        self._shedding = now < self._overloaded_until
+        shedding = self._shedding = now < self._shedder.overloaded_until
+        reassembling = self._reassembler.in_progress
+        shed = 0
         send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple: see below
+        bulk_end = 0
+        if (shedding and in_order and self._stale and messages and type(messages[0]) is tuple
+                and not len(self._reassembler)):
+            # Overloaded, and a datagram of uniform DELTAs (all plain tuples, no flags: see
+            # codec._decode_datagram_fast): those of STALE leaves are dropped in bulk, found
+            # in C with no Python step per DELTA, since skipping them one by one costs half
+            # as much as applying them. What the one-by-one path records per DELTA (the
+            # repair must be as of a later position) is recorded once for all of them:
+            # _bulk_shed_upto. Only leaves that are not STALE go through the loop below.
+            stale = list(map(self._stale.__contains__,
+                             map(leaves_get, map(_delta_leaf_id, messages))))
+            skipped = stale.count(True)
+            if skipped:
+                messages = list(compress(messages, map(not_, stale)))
+                bulk_end = datagram.sequence + len(stale)
+                shed += skipped
+                applied += skipped
         for message in messages:
             kind = type(message)
             # A DELTA is a plain tuple from the receive path's decoder, a Delta from the
@@ -752,7 +819,18 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                     if rec is not None and rec.stale and not flags & _CREATE_OR_DELETE:
                         # Step (c) 5 without the slow path's detour: a STALE leaf buffers
                         # every DELTA but CREATE and DELETE (its leaf_seq judges nothing).
-                        self._buffer(rec, seq, leaf_id, leaf_seq, flags, payload)
+                        if shedding and not reassembling(leaf_id):
+                            # _buffer while overloaded, inlined: most DELTAs of a subscriber
+                            # that sheds leaves come here, and must cost little.
+                            if seq > rec.seen_seq:
+                                rec.seen_seq = seq
+                            if rec.buffer:
+                                rec.buffer.clear()
+                            if seq >= rec.required:
+                                rec.required = seq + 1
+                            shed += 1
+                        else:
+                            self._buffer(rec, seq, leaf_id, leaf_seq, flags, payload)
                         expected = seq + 1
                         applied += 1
                         continue
@@ -782,8 +860,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                     self._event(Status.SESSION_ENDED, now, session_id=self.session_id)
             else:
                 stats.unknown_messages += 1
+        if bulk_end:
+            expected = max(expected, bulk_end)
+            self._bulk_shed_upto = bulk_end
         self.expected = expected
         stats.deltas += applied
+        stats.shed_deltas += shed
         if duplicates:
             stats.duplicate_deltas += duplicates
             if not applied:
@@ -819,27 +901,35 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def _contradicts_the_replica(self, datagram: Decoded, from_seq: int) -> bool:
         """True if some DELTA of ``datagram`` at or after ``from_seq`` contradicts a leaf
-        and none agrees with one. Pure: judged on the state before any of them."""
+        and none agrees with one. Pure: judged on the state before any of them.
+
+        A DELTA agrees if its leaf_seq is above the held leaf's (or the deletion's we
+        remember), contradicts it if not; a STALE leaf's or an unknown leaf's judges
+        nothing. It runs for every datagram whose DELTAs are all of STALE leaves (an
+        overloaded subscriber that sheds leaves sees mostly those): it reads the tuples'
+        fields by position, with no object per DELTA."""
         contradicted = False
+        leaves_get = self.leaves.get
+        gone_get = self._gone.get
         messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple
         for message in messages:
             kind = type(message)
-            if (kind is tuple or kind is Delta) and message[0] >= from_seq:  # [0]: seq
-                verdict = self._delta_agrees(_as_delta(message))
-                if verdict:
+            # A DELTA's fields: (seq, leaf_id, leaf_seq, flags, payload).
+            if (kind is tuple or kind is Delta) and message[0] >= from_seq:
+                rec = leaves_get(message[1])
+                if rec is not None:
+                    if rec.stale:
+                        continue
+                    held_leaf_seq = rec.leaf_seq
+                else:
+                    gone = gone_get(message[1])
+                    if gone is None:
+                        continue
+                    held_leaf_seq = gone[0]
+                if message[2] > held_leaf_seq:
                     return False
-                contradicted = contradicted or verdict is False
+                contradicted = True
         return contradicted
-
-    def _delta_agrees(self, delta: Delta) -> bool | None:
-        """Whether a new DELTA's leaf_seq fits what is held (None: nothing to compare)."""
-        rec = self.leaves.get(delta.leaf_id)
-        if rec is not None:
-            if rec.stale:
-                return None
-            return delta.leaf_seq > rec.leaf_seq
-        gone = self._gone.get(delta.leaf_id)
-        return None if gone is None else delta.leaf_seq > gone[0]
 
     # ------------------------------------------------------------------ deltas
 
@@ -953,20 +1043,22 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         rec = _Leaf(_ABSENT, 0, self._gaps.count, seen_seq)
         rec.stale, rec.required, rec.buffer = True, required, []
         self.leaves[leaf_id] = rec
-        self._stale_count += 1
+        self._stale.add(rec)
         return rec
 
-    def _make_stale(self, rec: _Leaf, leaf_id: int, *, required: int, now: float) -> None:
+    def _make_stale(self, rec: _Leaf, leaf_id: int, *, required: int, now: float,
+                    reason: str | None = None) -> None:
         """A held leaf must be repaired by a snapshot as of ``required`` or later."""
+        rec.shed_at = None  # evidence against it, if it was shed: no longer known exact
         if rec.stale:
             rec.required = max(rec.required, required)
             return
         self._gaps.untrack(rec.checked)
-        self._stale_count += 1
+        self._stale.add(rec)
         rec.stale, rec.required, rec.buffer = True, required, []
         if rec.value is not _ABSENT:
             self.stats.leaves_made_stale += 1
-            self._event(Status.LEAF_STALE, now, leaf_id=leaf_id)
+            self._event(Status.LEAF_STALE, now, leaf_id=leaf_id, reason=reason)
 
     def _buffer(self, rec: _Leaf, seq: int, leaf_id: int, leaf_seq: int, flags: int,
                 payload: memoryview | bytes) -> None:
@@ -1000,10 +1092,11 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def _mark_verified(self, rec: _Leaf, checked: int) -> None:
         """The leaf is right as of a point after the first ``checked`` gaps."""
         if rec.stale:
-            self._stale_count -= 1
+            self._stale.discard(rec)
             rec.stale = False
             rec.buffer = None
             rec.claimed_by = None
+            rec.shed_at = None
         else:
             self._gaps.untrack(rec.checked)
             checked = max(checked, rec.checked)
@@ -1013,7 +1106,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
     def _remove(self, leaf_id: int, rec: _Leaf, seq: int | None = None) -> None:
         """Drop a leaf; ``seq`` is the DELETE delta's sequence (default: the position)."""
         if rec.stale:
-            self._stale_count -= 1
+            self._stale.discard(rec)
         else:
             self._gaps.untrack(rec.checked)
         del self.leaves[leaf_id]
@@ -1077,6 +1170,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                     self._new_unknown_leaf(leaf_id, required=end, seen_seq=end - 1)
             elif rec.stale:
                 rec.required = max(rec.required, end)  # its repair must cover the gaps
+                rec.shed_at = None  # and if it was shed, the gaps touched it
             elif rec.leaf_seq >= listed:
                 # Its change `listed` (not a DELETE: it is held) is in the window: the leaf
                 # exists as of `end`.
@@ -1240,8 +1334,14 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         """A stale leaf: repair it if this snapshot reflects all it missed and chains with
         the deltas it buffered since."""
         as_of = snap.as_of_seq
-        if as_of < rec.required or (rec.checked != self._gaps.count
-                                    and as_of < self._gaps.last_end):
+        # _bulk_shed_upto: DELTAs of this leaf before it may have been dropped unrecorded.
+        if as_of < max(rec.required, self._bulk_shed_upto) or (
+                rec.checked != self._gaps.count and as_of < self._gaps.last_end):
+            return
+        if not self._shedder.admits(now):
+            # Overloaded and the queue not draining: one more leaf to follow would fill it
+            # further. A later snapshot repairs the leaf (SPEC §12(c), shedding leaves).
+            self.stats.repairs_deferred += 1
             return
         # Buffered deltas before as_of are in the snapshot; those after it must continue
         # it without a hole. (A buffered entry that fits neither is not the stream's.)
@@ -1324,9 +1424,12 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         doomed = [leaf_id for leaf_id in leaves.irange(lo, hi, inclusive=(True, inclusive_hi))
                   if leaves[leaf_id].seen_seq < as_of]
         is_suspect = self._gaps.is_suspect
+        gaps = self._gaps.count
         for leaf_id in doomed:
             rec = leaves[leaf_id]
-            if not rec.stale and not is_suspect(rec.checked):
+            if rec.stale and rec.shed_at == gaps or not rec.stale and not is_suspect(rec.checked):
+                # A fresh leaf, or one shed while exact and touched by no gap since: it
+                # missed no DELETE, so the claim contradicts what we know.
                 self._distrust(Status.LEAF_DIVERGED, now,
                                "a snapshot claims a fresh leaf does not exist", leaf_id)
                 self._make_stale(rec, leaf_id, required=as_of, now=now)

@@ -37,6 +37,11 @@ DEFAULT_RECEIVE_BUFFER = 4 << 20
 
 # Linux socket options the socket module does not name.
 _SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
+# SO_MEMINFO (Linux 4.6+): u32 counters, the first two the bytes queued for reading
+# (sk_rmem_alloc) and the receive buffer's size (sk_rcvbuf), in the same units.
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if sys.platform.startswith("linux") else None)
+_MEMINFO_BYTES = 9 * 4
+_MEMINFO_HEAD = struct.Struct("=II")
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL",
                             49 if sys.platform.startswith("linux") else None)
 _U32 = struct.Struct("=I")
@@ -132,6 +137,7 @@ class ReceiveSocket:
         # there, and wherever setting it fails, set_wait falls back to Python's timeout).
         self._kernel_timeout = sys.platform.startswith(("linux", "darwin", "freebsd")) \
             and hasattr(socket, "SO_RCVTIMEO") and _DONTWAIT != 0
+        self._meminfo = _SO_MEMINFO is not None
 
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         """Read one datagram into ``buffer``; updates :attr:`kernel_drops`."""
@@ -164,6 +170,19 @@ class ReceiveSocket:
             if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
                 self.kernel_drops = _U32.unpack_from(data)[0]
         return size
+
+    def queue_fill(self) -> float | None:
+        """How full the socket's receive queue is, 0 to 1 (queued bytes over the buffer,
+        as the kernel counts them): SO_MEMINFO on Linux; None where it is not known."""
+        if not self._meminfo:
+            return None
+        try:
+            queued, size = _MEMINFO_HEAD.unpack_from(
+                self.sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_BYTES))
+        except OSError:
+            self._meminfo = False
+            return None
+        return min(queued / size, 1.0) if size else None
 
     def set_wait(self, timeout: float) -> None:
         """How long :meth:`receive` waits. Where the OS allows, a kernel receive timeout

@@ -173,8 +173,16 @@ class SubscriberStats(_Counters):
     """Stale leaves whose buffered deltas passed ``max_buffered_deltas_per_leaf``: the
     buffer was dropped and the repair waits for a later snapshot."""
     shed_deltas: int
-    """Deltas of stale leaves not buffered because the subscriber was overloaded (kernel
-    drops in the last second): their snapshot repairs those leaves anyway."""
+    """Deltas of stale leaves not buffered because the subscriber was overloaded (its
+    receive queue filling, or kernel drops, in the last second): their snapshot repairs
+    those leaves anyway."""
+    leaves_shed: int
+    """Fresh leaves made stale on purpose because the receive queue was filling faster
+    than the subscriber read it (highest leaf ids first): the others stay exact instead of
+    all going stale when the kernel drops datagrams. Each is repaired once there is room."""
+    repairs_deferred: int
+    """Snapshots that could have repaired a stale leaf but came while the subscriber was
+    overloaded and its queue was not draining: a later snapshot repairs the leaf."""
 
     # -- callbacks and the runtime
     callback_errors: int

@@ -633,6 +633,10 @@ class Subscriber(Generic[LeafT, DeltaT]):
                             break  # the blocking read reports it, if it persists
                         if size < 0:
                             break
+                    if not batch:  # a full batch, and more may be queued: how much?
+                        fill = sock.queue_fill()
+                        if fill is not None:
+                            core.backlog(fill, now)  # sheds leaves before the kernel drops
                     updates, events, requests = self._take_outputs()
                     if received:  # waiters check synced state and the applied sequence
                         self._synced.notify_all()

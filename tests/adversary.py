@@ -584,6 +584,17 @@ class World:
         a loss: the promises must hold whenever it comes."""
         self._call(self.sub(sub), None, overloaded=True)
 
+    def move_backlog(self, sub: int, fills: list[float]) -> None:
+        """The runtime reports its receive queue filling: ``fills``, one report every
+        millisecond (what a receiver reading batches without emptying its queue sends).
+        Rising long enough, it sheds leaves and puts repairs off; at any moment, under any
+        fault or attack, every promise must hold, and the leaves come back once the
+        reports stop."""
+        s = self.sub(sub)
+        for fill in fills:
+            self._call(s, None, backlog=fill)
+            self.advance_us(1000)
+
     # ------------------------------------------------------------------ attacks
 
     def move_mutate(self, sub: int, cls: str, k: int, target: str, op: str, operand: int,
@@ -929,12 +940,17 @@ class World:
         s.received += 1
         self._call(s, f.data)
 
-    def _call(self, s: Sub, data: bytes | None, *, overloaded: bool = False) -> None:
-        """receive() (or poll() if ``data`` is None, or overloaded()), then the oracle."""
-        what = "overloaded" if overloaded else "poll" if data is None else "receive"
+    def _call(self, s: Sub, data: bytes | None, *, overloaded: bool = False,
+              backlog: float | None = None) -> None:
+        """receive() (or poll() if ``data`` is None, or overloaded() or backlog()), then
+        the oracle."""
+        what = ("overloaded" if overloaded else "backlog" if backlog is not None
+                else "poll" if data is None else "receive")
         try:
             if overloaded:
                 s.core.overloaded(self.now)
+            elif backlog is not None:
+                s.core.backlog(backlog, self.now)
             elif data is None:
                 s.core.poll(self.now)
             elif data[:4] == wire.RETRANSMIT_MAGIC:  # an UNAVAILABLE answer, as the runtime
@@ -1132,7 +1148,7 @@ def random_move(rng: random.Random, scenario: Scenario) -> Move:
     kinds = ["publish"] * 12 + ["advance"] * 12 + ["burst"] * 3 + ["delete"] * 2
     kinds += ["drop"] * 5 + ["dup"] * 2 + ["delay"] * 3 + ["hold"] * 2 + ["release"] * 3
     kinds += ["arm"] * 3 + ["faults", "replay", "refragment", "restart", "rejoin", "heal"]
-    kinds += ["long_advance"] + ["overload"] * 2
+    kinds += ["long_advance"] + ["overload"] * 2 + ["backlog"] * 2
     if scenario.attacks in ("control", "all"):
         kinds += ["forge_control"] * 2 + ["mutate_control"] * 2
     if scenario.attacks == "all":
@@ -1167,6 +1183,13 @@ def random_move(rng: random.Random, scenario: Scenario) -> Move:
         return ("restart", rng.random() < 0.5, rng.random() < 0.6)
     if kind in ("rejoin", "overload"):
         return (kind, sub)
+    if kind == "backlog":  # a queue filling for up to 120 ms, maybe draining at the end
+        steps = rng.randint(1, 120)
+        start, top = rng.random() * 0.3, rng.uniform(0.2, 0.99)
+        fills = [round(start + (top - start) * i / steps, 3) for i in range(steps)]
+        if rng.random() < 0.5:
+            fills += fills[::-1][:rng.randint(1, steps)]
+        return ("backlog", sub, fills)
     if kind == "heal":
         return ("heal", rng.getrandbits(16), rng.random() < 0.7)
     if kind == "forge_control":

@@ -58,7 +58,7 @@ def test_demo_command_converges_after_loss_late_join_and_restart() -> None:
     rows = check_run(out, 100)
     assert int(rows["bursty"]["gaps"]) > 0, out  # 6 s of bursts at ~300 datagrams/s
     assert int(rows["bursty"]["repairs"]) > 0, out
-    assert re.search(r"bursty: \d+ gaps? \(\d+ deltas? missed, \d+ resolved by TOUCHED "
+    assert re.search(r"bursty: [\d,]+ gaps? \([\d,]+ deltas? missed, [\d,]+ resolved by TOUCHED "
                      r"summaries\)", out), out
     assert "repaired from snapshots" in out
     assert re.search(r"publisher: [\d,]+ deltas \(3,0\d\d/s\)", out), out

@@ -433,3 +433,55 @@ def test_close_stops_a_publisher_whose_snapshot_cycle_never_runs_dry(
         assert pub.stats().send_errors == 0
         assert ended.wait(10)
 
+
+
+def test_a_subscriber_that_reads_too_slowly_sheds_leaves_then_takes_them_back(
+        endpoint: Endpoint) -> None:
+    """Issue 12: inline callbacks made slow hold the receiver back while the publisher
+    goes on; its receive queue fills, it sheds the highest leaves (LEAF_STALE "shed")
+    instead of losing datagrams across all of them, and once the callbacks are quick
+    again it takes every leaf back and is synced, equal to the publisher."""
+    model = ChainModel()
+    slow = threading.Event()
+    slow.set()
+    pause = threading.Event()  # never set: a timed wait is the callback's slowness
+    shed: list[StatusEvent] = []
+
+    def on_update(*_: Any) -> None:
+        if slow.is_set():
+            pause.wait(0.0002)
+
+    def on_status(event: StatusEvent) -> None:
+        if event.kind is Status.LEAF_STALE and event.reason and event.reason.startswith("shed"):
+            shed.append(event)
+
+    stop = threading.Event()
+    with Subscriber(model, delivery="inline", receive_buffer_bytes=256 << 10,
+                    on_status=on_status, **endpoint) as sub:
+        sub.on_update(on_update)
+        with Publisher(model, config=fast_publisher(), **endpoint) as pub:
+            def publish() -> None:
+                value = 0
+                while not stop.is_set():
+                    value += 1
+                    for leaf in range(40):
+                        pub.publish(leaf, value)
+                    stop.wait(0.004)  # ~10,000 changes/s
+
+            publisher = threading.Thread(target=publish, name="test-publisher")
+            publisher.start()
+            try:
+                assert wait_until(lambda: sub.stats().leaves_shed > 0, timeout=20)
+                slow.clear()
+                assert wait_until(lambda: sub.synced and sub.stats().stale_leaves == 0,
+                                  timeout=20)
+            finally:
+                stop.set()
+                publisher.join(10)
+            assert pub.flush(10)
+            assert wait_until(lambda: sub.synced and sub.values() == pub.values())
+    assert shed
+    # The highest leaves went first: every leaf shed in the first round is above every
+    # leaf it kept then.
+    first_round = [e.leaf_id for e in shed if e.time == shed[0].time]
+    assert min(first_round) >= 40 - len(first_round)

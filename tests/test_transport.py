@@ -72,6 +72,27 @@ def test_kernel_drops_are_read_from_the_socket(endpoint: dict[str, Any]) -> None
         sender.close()
 
 
+def test_the_receive_queue_fill_is_read_from_the_socket(endpoint: dict[str, Any]) -> None:
+    """SO_MEMINFO (Linux): what the subscriber's shedding policy watches (issue 12)."""
+    receiver = open_receiver(**endpoint, buffer_bytes=1 << 20)
+    sender = open_sender(**endpoint)
+    try:
+        assert receiver.queue_fill() == 0.0
+        for _ in range(100):
+            sender.send(bytes(1000))
+        receiver.settimeout(1)
+        buffer = bytearray(2048)
+        receiver.recv_into(buffer)  # the datagrams are queued by the time one is read
+        full = receiver.queue_fill()
+        assert full is not None and 0.05 < full <= 1.0
+        for _ in range(99):
+            receiver.recv_into(buffer)
+        assert receiver.queue_fill() == 0.0
+    finally:
+        receiver.close()
+        sender.close()
+
+
 def test_sender_defaults_are_loopback_and_ttl_zero(endpoint: dict[str, Any]) -> None:
     sender = open_sender(**endpoint)
     try:
