@@ -77,7 +77,9 @@ class ReorderBuffer:
         if not heap:
             self.hole_since = now
         sequence = datagram.sequence
-        deltas = sum(1 for message in datagram.messages if type(message) is Delta)
+        # (A DELTA is a Delta, or a plain tuple of its fields: codec._decode_datagram_fast.)
+        deltas = sum(1 for message in datagram.messages
+                     if type(message) is Delta or type(message) is tuple)
         by_sequence, successors, empty = self._by_sequence, self._successors, self._empty
         if (by_sequence.get(sequence + deltas) or successors.get(sequence)
                 or empty.get(sequence)):

@@ -352,9 +352,15 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             # until company confirms it and it becomes a gap.
             self._behind_since = None
             raw = bytes(data)
+            messages = datagram.messages
+            if not (messages and type(messages[0]) is tuple):
+                # Payloads are views into the caller's buffer, which it reuses: decode the
+                # copy. (Uniform DELTAs, as plain tuples, carry copies: keep them as they
+                # are, which an overloaded subscriber behind a hole needs to keep up.)
+                datagram = decode_datagram(raw)
             reorder = self._reorder
             evicted = reorder.evicted
-            kept = reorder.hold(raw, decode_datagram(raw), now)
+            kept = reorder.hold(raw, datagram, now)
             if kept is True:
                 self.stats.reordered_datagrams += 1
                 # A held datagram farther ahead may have made room: dropped unconfirmed.

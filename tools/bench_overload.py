@@ -27,8 +27,9 @@ load, the time until the subscriber is SYNCED with a replica equal to the publis
 final state (digests compared under the replica lock), or that it was not within
 ``--recover-seconds``.
 
-Steps: the capacity *C* (the highest paced delta rate with no gap and no kernel drop in a
-``--probe-seconds`` run, by a short binary search; ``--capacity`` skips it), then
+Steps: the capacity *C* (the highest paced delta rate followed whole in a
+``--probe-seconds`` run: no gap, no kernel drop, no leaf shed, 95% of the deltas delivered;
+by a short binary search; ``--capacity`` skips it), then
 ``--repeats`` runs at ``--factor`` x C (2 by default) for ``--seconds``. With ``--compare
 DIR`` (a directory holding another ``grapevine`` package, e.g. a copy taken before a
 change) every run is made for both trees, alternating which goes first, in fresh
@@ -317,6 +318,9 @@ def measure(path: Path, warmup: float, recover_seconds: float) -> dict[str, Any]
                 "gaps": stats1.gaps,
                 "missed_deltas": stats1.missed_deltas,
                 "retransmit_requests": stats1.retransmit_requests,
+                # (getattr: a tree from before shedding has neither)
+                "leaves_shed": getattr(stats1, "leaves_shed", 0),
+                "repairs_deferred": getattr(stats1, "repairs_deferred", 0),
                 "conflated": stats1.conflated_updates,
                 "synced_at_load": synced_at_load,
                 "converged": equal_at is not None,
@@ -356,14 +360,17 @@ def run_tree(tree: Path, path: Path, args: argparse.Namespace) -> dict[str, Any]
 
 
 def find_capacity(tree: Path, model: str, args: argparse.Namespace) -> tuple[float, list[Any]]:
-    """The highest paced delta rate with no gap and no kernel drop (binary search)."""
+    """The highest paced delta rate it follows whole (binary search): no gap, no kernel
+    drop, no leaf shed, and at least 95% of the offered deltas delivered to callbacks."""
     lo, hi = args.search_low, args.search_high
     probes: list[Any] = []
     for _ in range(args.search_steps):
         rate = (lo + hi) / 2
         path = record(model, rate, args.probe_seconds, args.leaves, 0.5)
         result = run_tree(tree, path, argparse.Namespace(warmup=0.2, recover_seconds=0.5))
-        clean = result["gaps"] == 0 and result["kernel_drops"] == 0
+        clean = (result["gaps"] == 0 and result["kernel_drops"] == 0
+                 and not result["stats_at_end_of_load"].get("leaves_shed")
+                 and result["goodput"] >= 0.95 * rate)
         probes.append((round(rate), clean, round(result["goodput"])))
         print(f"  probe {model} {rate:,.0f}/s: {'clean' if clean else 'loss'} "
               f"(goodput {result['goodput']:,.0f}/s, gaps {result['gaps']})", file=sys.stderr)
@@ -376,8 +383,8 @@ def find_capacity(tree: Path, model: str, args: argparse.Namespace) -> tuple[flo
 
 KEYS = ["offered", "offered_actual", "goodput", "goodput/C", "taken", "taken/C",
         "cpu_us_per_delta", "cpu_us_per_taken", "kernel_drops", "gaps", "missed_deltas",
-        "retransmit_requests", "gc_pause_total_ms", "resync_s", "synced_at_load",
-        "converged"]
+        "retransmit_requests", "leaves_shed", "repairs_deferred", "gc_pause_total_ms",
+        "resync_s", "synced_at_load", "converged"]
 
 
 def main() -> int:
