@@ -458,8 +458,13 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         are followed exactly instead of all going STALE when the kernel drops datagrams;
         while overloaded, repairs wait until the queue drains, STALE leaves keep no buffer,
         and everything resumes by itself once the reports stop (SPEC §12(c), "Shedding
-        leaves"; the policy is grapevine._shedding)."""
-        if self._shedder.report(fill, now, self.stats.datagrams, self._accepted):
+        leaves"; the policy is grapevine._shedding). Only once synced in the session: a
+        subscriber still building its replica has no leaves worth shedding, and its load
+        is the snapshots it installs."""
+        if not self._was_synced and fill < 1.0:
+            return  # still building its replica (see _reset_session)
+        if self._shedder.report(fill, now, self.stats.datagrams, self._accepted) \
+                and self._was_synced:
             self._shed(now)
 
     def _shed(self, now: float) -> None:
@@ -593,6 +598,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
 
     def _reset_session(self) -> None:
         config = self.config
+        # Synced at some point of this session: a whole replica, which shedding protects.
+        # Before that (a join, a rebuild) the snapshots being installed are the load, and
+        # shedding leaves cannot lighten it: it would only put off the join (backlog()).
+        self._was_synced = False
         self.expected: int | None = None
         self.base = 0
         self.ended = False
@@ -1344,7 +1353,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         if as_of < max(rec.required, self._bulk_shed_upto) or (
                 rec.checked != self._gaps.count and as_of < self._gaps.last_end):
             return
-        if not self._shedder.admits(now):
+        if self._was_synced and not self._shedder.admits(now):
             # Overloaded and the queue not draining: one more leaf to follow would fill it
             # further. A later snapshot repairs the leaf (SPEC §12(c), shedding leaves).
             self.stats.repairs_deferred += 1
@@ -1502,6 +1511,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                   and not self.ended and self.session_id is not None)
         if synced != self.synced:
             self.synced = synced
+            self._was_synced = self._was_synced or synced
             self._event(Status.SYNCED if synced else Status.UNSYNCED, now,
                         session_id=self.session_id)
 
