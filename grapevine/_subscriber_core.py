@@ -47,8 +47,8 @@ from ._errors import ConfigError, DecodeError, UnknownLeafError
 from ._gaps import GapLedger, TouchedChain
 from ._reassembly import Reassembler
 from ._reorder import ReorderBuffer
-from ._shedding import Shedder
 from ._retransmit import RepairRequester
+from ._shedding import Shedder
 from ._stream_id import check_stream_id
 from .auth import KeyRing, ReplayGuard, Verdict, Verifier
 from .codec import (
@@ -1442,9 +1442,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         gaps = self._gaps.count
         for leaf_id in doomed:
             rec = leaves[leaf_id]
-            if rec.stale and rec.shed_at == gaps or not rec.stale and not is_suspect(rec.checked):
-                # A fresh leaf, or one shed while exact and touched by no gap since: it
-                # missed no DELETE, so the claim contradicts what we know.
+            # A fresh leaf, or one shed while exact and touched by no gap since: it missed
+            # no DELETE, so the claim contradicts what we know.
+            exact = rec.shed_at == gaps if rec.stale else not is_suspect(rec.checked)
+            if exact:
                 self._distrust(Status.LEAF_DIVERGED, now,
                                "a snapshot claims a fresh leaf does not exist", leaf_id)
                 self._make_stale(rec, leaf_id, required=as_of, now=now)

@@ -174,7 +174,7 @@ class ReceiveSocket:
     def queue_fill(self) -> float | None:
         """How full the socket's receive queue is, 0 to 1 (queued bytes over the buffer,
         as the kernel counts them): SO_MEMINFO on Linux; None where it is not known."""
-        if not self._meminfo:
+        if not self._meminfo or _SO_MEMINFO is None:
             return None
         try:
             queued, size = _MEMINFO_HEAD.unpack_from(

@@ -568,6 +568,7 @@ def test_an_overloaded_subscriber_keeps_no_buffer_for_stale_leaves_and_still_rep
     assert rec.buffer
     sub.overloaded(pair.now)
     first_shed = sub.expected
+    assert first_shed is not None
     for value in (3, 4):
         pair.pub.publish(0, value)
         pair.deliver(pair.sent())
