@@ -624,6 +624,10 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         # per-DELTA record (see _process): every position before this one may have held
         # such a DELTA, so a repair must be as of this position or later (_repair).
         self._bulk_shed_upto = 0
+        # The publisher's leaf count (cycle_count) in the last snapshot taken at the stream
+        # position, if no CREATE, DELETE or gap came since: the leaf count the replica must
+        # have at any later position until one does (_on_snapshot, _count_changes).
+        self._census: int | None = None
         self._coverage = Coverage()
         self._coverage_from = 0
         self._leaf_set_known = False
@@ -735,6 +739,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         first = self.expected
         assert first is not None
         assert end > first
+        self._census = None  # the gap may hide CREATEs and DELETEs
         gaps = self._gaps
         if not gaps.unresolved:
             self._saved_coverage = (self._coverage, self._coverage_from, self._leaf_set_known)
@@ -964,6 +969,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
             if gone is not None and delta.leaf_seq <= gone[0]:
                 return False
         model = self.model
+        if flags & _CREATE_OR_DELETE:
+            self._census = None  # the publisher's leaf count may change here
         if flags & _DELETE:
             # The leaf does not exist after this delta, whatever we missed before it.
             self._forget(leaf_id, delta.leaf_seq, delta.seq + 1)
@@ -1251,6 +1258,16 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                 self._repair(leaf_id, rec, snap, payload, now)
             else:
                 self._verify(leaf_id, rec, snap, payload, now)
+        if not known_before and self._leaf_set_known and self._census is not None \
+                and self._census != len(self.leaves):
+            # This snapshot's claims completed the leaf set, yet a snapshot taken at the
+            # stream position since the last CREATE, DELETE or gap counted other leaves:
+            # a claim is false (one real snapshot copied and re-flagged LAST is complete,
+            # consistent and a second source). Do not believe the set; gather it again.
+            self.stats.census_mismatches += 1
+            self._forget_leaf_set()
+        if as_of == self.expected:
+            self._census = snap.cycle_count
         if as_of == self.expected and self._coverage.complete and not self.unverified:
             self._check_census(snap, now)
 

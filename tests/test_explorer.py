@@ -472,3 +472,22 @@ def test_k_healing_waits_out_a_forged_restart_grace() -> None:
         ("rejoin", 1), ("hold", 1, "eos", 0), ("advance", 3), ("drop", 0, "snapshot", 0),
         ("advance", 1), ("release", 0, "delta", -2), ("heal", 15457, False),
     ])
+
+
+def test_m_a_forged_last_claim_does_not_complete_a_rebuilt_leaf_set() -> None:
+    """Found by the explorer (seed 1100000, blob-control, shrunk to 7 moves; the session's
+    starting commit failed it too): after a crash restart, a subscriber rebuilding its
+    replica had real snapshots of the lowest leaves when a copy of one of them, re-flagged
+    LAST (its cycle_count made consistent), claimed that no leaf above it existed. Two
+    sources, complete: the leaf set was "known" and the subscriber synced with five leaves
+    missing. A snapshot taken at the stream position with no CREATE, DELETE or gap since
+    had counted more leaves: that contradiction now means the set is gathered again."""
+    run_schedule(SCENARIOS["blob-control"], [
+        ("delete", 2),
+        ("restart", False, True),
+        ("burst", 16275, 23),
+        ("advance", 130),
+        ("advance", 100),
+        ("forge", 1, "last", 42),
+        ("advance", 114),
+    ])
