@@ -27,9 +27,9 @@ load, the time until the subscriber is SYNCED with a replica equal to the publis
 final state (digests compared under the replica lock), or that it was not within
 ``--recover-seconds``.
 
-Steps: the capacity *C* (the highest paced delta rate followed whole in a
-``--probe-seconds`` run: no gap, no kernel drop, no leaf shed, 95% of the deltas delivered;
-by a short binary search; ``--capacity`` skips it), then
+Steps: the capacity *C* (the highest paced delta rate followed whole in two
+``--probe-seconds`` runs in a row: no gap, no kernel drop, no leaf shed, 95% of the deltas
+delivered; by a short binary search; ``--capacity`` skips it), then
 ``--repeats`` runs at ``--factor`` x C (2 by default) for ``--seconds``. With ``--compare
 DIR`` (a directory holding another ``grapevine`` package, e.g. a copy taken before a
 change) every run is made for both trees, alternating which goes first, in fresh
@@ -361,16 +361,20 @@ def run_tree(tree: Path, path: Path, args: argparse.Namespace) -> dict[str, Any]
 
 def find_capacity(tree: Path, model: str, args: argparse.Namespace) -> tuple[float, list[Any]]:
     """The highest paced delta rate it follows whole (binary search): no gap, no kernel
-    drop, no leaf shed, and at least 95% of the offered deltas delivered to callbacks."""
+    drop, no leaf shed, and at least 95% of the offered deltas delivered to callbacks, in
+    two probes in a row (one lucky probe on this noisy machine put C 60% too high)."""
     lo, hi = args.search_low, args.search_high
     probes: list[Any] = []
     for _ in range(args.search_steps):
         rate = (lo + hi) / 2
         path = record(model, rate, args.probe_seconds, args.leaves, 0.5)
-        result = run_tree(tree, path, argparse.Namespace(warmup=0.2, recover_seconds=0.5))
-        clean = (result["gaps"] == 0 and result["kernel_drops"] == 0
-                 and not result["stats_at_end_of_load"].get("leaves_shed")
-                 and result["goodput"] >= 0.95 * rate)
+        for _ in range(2):
+            result = run_tree(tree, path, argparse.Namespace(warmup=0.2, recover_seconds=0.5))
+            clean = (result["gaps"] == 0 and result["kernel_drops"] == 0
+                     and not result["stats_at_end_of_load"].get("leaves_shed")
+                     and result["goodput"] >= 0.95 * rate)
+            if not clean:
+                break
         probes.append((round(rate), clean, round(result["goodput"])))
         print(f"  probe {model} {rate:,.0f}/s: {'clean' if clean else 'loss'} "
               f"(goodput {result['goodput']:,.0f}/s, gaps {result['gaps']})", file=sys.stderr)
