@@ -779,8 +779,7 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
         in_order = datagram.sequence >= expected
         first_new = expected
         shedding = self._shedding = now < self._shedder.overloaded_until
-        reassembling = self._reassembler.in_progress
-        shed = 0
+        shed = 0  # DELTAs of STALE leaves dropped in bulk
         send_time = self._send_time_ns = datagram.send_time_ns
         self._datagram_sequence = datagram.sequence  # the source of its snapshots' claims
         messages: list[Any] = datagram.messages  # a DELTA may be a plain tuple: see below
@@ -839,18 +838,8 @@ class SubscriberCore(Generic[LeafT, DeltaT]):
                     if rec is not None and rec.stale and not flags & _CREATE_OR_DELETE:
                         # Step (c) 5 without the slow path's detour: a STALE leaf buffers
                         # every DELTA but CREATE and DELETE (its leaf_seq judges nothing).
-                        if shedding and not reassembling(leaf_id):
-                            # _buffer while overloaded, inlined: most DELTAs of a subscriber
-                            # that sheds leaves come here, and must cost little.
-                            if seq > rec.seen_seq:
-                                rec.seen_seq = seq
-                            if rec.buffer:
-                                rec.buffer.clear()
-                            if seq >= rec.required:
-                                rec.required = seq + 1
-                            shed += 1
-                        else:
-                            self._buffer(rec, seq, leaf_id, leaf_seq, flags, payload)
+                        # (Overloaded, most such DELTAs were dropped in bulk above.)
+                        self._buffer(rec, seq, leaf_id, leaf_seq, flags, payload)
                         expected = seq + 1
                         applied += 1
                         continue
