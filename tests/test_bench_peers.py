@@ -26,7 +26,8 @@ ROWS = ["raw1", "raw20", "zmq", "lcm", "gv-bytes-thread", "gv-bytes-inline",
 OPTIONAL_MODULE = {"zmq": "zmq", "lcm": "lcm"}  # row -> the module it needs
 COLUMNS = ["zero_gap_rate", "flood_rate", "flood_loss",
            *(f"lat_{rate}_{q}" for rate in ("20k", "100k") for q in ("p50", "p99", "p999")),
-           "cpu_pub_1", "cpu_sub_1", "cpu_pub_4", "cpu_sub_4",
+           "cpu_pub_1", "cpu_sub_1", "cpu_pub_4", "cpu_sub_4", "cpu_pub_net_1",
+           "cpu_pub_net_4",
            "late_join_1k", "late_join_10k", "mem_per_level"]  # --quick: no 100k late join
 NOT_APPLICABLE = {  # (row prefix, column prefix): rows that have no such figure
     ("raw", "late_join"), ("zmq", "late_join"), ("lcm", "late_join"),

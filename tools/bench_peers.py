@@ -50,7 +50,11 @@ Columns (medians over the repeats; every trial starts from fresh library objects
   each process (all threads) over the run, divided by the messages it published or
   delivered (the 4-subscriber figure is their mean). The publisher's account runs until
   every subscriber has the last message (a pyzmq PUB sends from its I/O thread; Grapevine's
-  snapshot cycle runs meanwhile and is counted);
+  snapshot cycle runs meanwhile and is counted). The same figure is also given net of the
+  driving loop: that loop, paced the same and sending nothing, is run for as long right
+  after each CPU trial in the same process, and its CPU per message subtracted (waking
+  from a sleep for every message at 20k/s costs more than a send on this machine: most of
+  raw x1's gross figure is the loop, common to every row);
 * late join: a Grapevine order-book publisher of N books (``--late-join-levels`` levels a
   side, churning ``--churn-rate`` deltas/s, snapshot cycle at its defaults unless
   ``--snapshot-mb-per-s`` or ``--min-cycle-s``); once it has sent its first cycle, at a
@@ -170,7 +174,10 @@ def all_columns(args: argparse.Namespace) -> list[Column]:
     cols += [Column("cpu_pub_1", f"pub, 1 sub {cpu}", "us/delta", "cpu"),
              Column("cpu_sub_1", f"sub, 1 sub {cpu}", "us/delta", "cpu"),
              Column("cpu_pub_4", f"pub, 4 subs {cpu}", "us/delta", "cpu"),
-             Column("cpu_sub_4", f"sub, 4 subs {cpu}", "us/delta", "cpu")]
+             Column("cpu_sub_4", f"sub, 4 subs {cpu}", "us/delta", "cpu"),
+             Column("cpu_pub_net_1", f"pub net of the loop, 1 sub {cpu}", "us/delta", "cpu"),
+             Column("cpu_pub_net_4", f"pub net of the loop, 4 subs {cpu}", "us/delta",
+                    "cpu")]
     for books in args.late_join_books:
         cols.append(Column(f"late_join_{short(books)}", f"late join {short(books)} books", "s",
                            "state"))
@@ -590,9 +597,19 @@ class Bench:
 
         def record_cpu(trial: Trial, nsubs: int) -> None:
             put(row.key, f"cpu_pub_{nsubs}", repeat, trial.pub_cpu_us)
+            # The same paced loop with nothing to send, at once in the same process: the
+            # publisher's figure net of it is what the system itself costs per message.
+            assert self.pub is not None
+            assert trial.rate is not None
+            loop = self.pub.call({"cmd": "pace", "rate": trial.rate,
+                                  "seconds": args.cpu_seconds},
+                                 timeout=args.cpu_seconds * 4 + 30)
+            put(row.key, f"cpu_pub_net_{nsubs}", repeat,
+                max(trial.pub_cpu_us - loop["cpu_us"], 0.0))
+            self.results.trials[-1]["driver_loop_cpu_us_per_message"] = round(loop["cpu_us"], 3)
             per_sub = [s["cpu_s"] / max(s["delivered"], 1) * 1e6 for s in trial.subs]
             put(row.key, f"cpu_sub_{nsubs}", repeat, statistics.mean(per_sub))
-            for key in (f"cpu_pub_{nsubs}", f"cpu_sub_{nsubs}"):
+            for key in (f"cpu_pub_{nsubs}", f"cpu_sub_{nsubs}", f"cpu_pub_net_{nsubs}"):
                 if not trial.zero_gap:
                     cells(row.key, key).flags.add("lost")
                 if not trial.kept_pace:
@@ -866,7 +883,8 @@ def chart(summary: list[dict[str, Any]], columns: list[Column], path: Path) -> s
         ("messages/s", ["zero_gap_rate", "flood_rate"], True),
         ("latency, us", [c.key for c in columns if c.group == "latency"
                          and not c.key.endswith("p999")], True),
-        ("CPU us per delta", ["cpu_pub_1", "cpu_sub_1", "cpu_pub_4", "cpu_sub_4"], True),
+        ("CPU us per delta", ["cpu_pub_1", "cpu_sub_1", "cpu_pub_4", "cpu_sub_4",
+                              "cpu_pub_net_1", "cpu_pub_net_4"], True),
         ("late join, s", [c.key for c in columns if c.key.startswith("late_join")], True),
     ]
     by_key = {c.key: c for c in columns}
