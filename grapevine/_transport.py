@@ -174,6 +174,21 @@ class ReceiveSocket:
     def queue_fill(self) -> float | None:
         """How full the socket's receive queue is, 0 to 1 (queued bytes over the buffer,
         as the kernel counts them): SO_MEMINFO on Linux; None where it is not known."""
+        meminfo = self._queued_and_size()
+        if meminfo is None:
+            return None
+        queued, size = meminfo
+        return min(queued / size, 1.0) if size else None
+
+    def nothing_queued(self) -> bool:
+        """True if the receive queue is known to be empty (no byte queued): asking costs
+        about 0.6 us, a read that finds nothing about 1.7 us (the system call and Python's
+        BlockingIOError). False where it is not known."""
+        meminfo = self._queued_and_size()
+        return meminfo is not None and meminfo[0] == 0
+
+    def _queued_and_size(self) -> tuple[int, int] | None:
+        """SO_MEMINFO's bytes queued for reading and the buffer's size (None: unknown)."""
         if not self._meminfo or _SO_MEMINFO is None:
             return None
         try:
@@ -182,7 +197,7 @@ class ReceiveSocket:
         except OSError:
             self._meminfo = False
             return None
-        return min(queued / size, 1.0) if size else None
+        return queued, size
 
     def set_wait(self, timeout: float) -> None:
         """How long :meth:`receive` waits. Where the OS allows, a kernel receive timeout

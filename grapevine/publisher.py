@@ -69,8 +69,10 @@ log = logging.getLogger("grapevine")
 _END_OF_SESSION_COPIES = 3
 
 # A change that finds the stream quiet for this long goes out from the publishing thread
-# (see Publisher._hand_over); closer changes are batched by the sender thread.
-_QUIET_S = 20e-6
+# (see Publisher._hand_over); closer changes are batched by the sender thread. A datagram
+# per change costs every subscriber 15-25 us (tools/bench_receive.py --per-datagram 1):
+# this caps such datagrams at 25k/s, where batching starts to pay for its latency.
+_QUIET_S = 40e-6
 # Once the sender thread, woken for a change, found more queued behind it, changes come
 # in bursts: for this long every change is the sender thread's to batch.
 _BATCHING_HOLD_S = 0.01
@@ -382,13 +384,14 @@ class Publisher(Generic[LeafT, DeltaT]):
     def _hand_over(self) -> None:
         """Called with the lock held, after a change, when the sender thread is idle.
 
-        A change that finds the stream quiet (no datagram for ``_QUIET_S``, what is queued
-        fits one datagram, no linger asked for) is sent from the publishing thread, under
-        the lock so that datagrams keep their order: waking the sender thread for it cost
-        a context switch and 20-30 us of latency per change (issue 12, at 20k changes/s:
-        p50 to a raw receiver 36-42 us with the hand-over, 15-30 us without). Closer
-        changes wake the sender thread, which batches whatever comes while it works, so a
-        busy stream still packs many deltas per datagram.
+        A change that finds the stream quiet (no datagram for ``_QUIET_S``, no burst in
+        ``_BATCHING_HOLD_S``, what is queued fits one datagram, no linger asked for) is
+        sent from the publishing thread, under the lock so that datagrams keep their
+        order: waking the sender thread for it cost a context switch and 20-30 us of
+        latency per change (issue 12, at 20k changes/s: p50 to a raw receiver 36-42 us
+        with the hand-over, 15-30 us without). Closer changes wake the sender thread,
+        which batches whatever comes while it works, so a busy stream still packs many
+        deltas per datagram.
         """
         core = self._core
         now = time.monotonic()

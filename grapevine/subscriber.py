@@ -627,6 +627,8 @@ class Subscriber(Generic[LeafT, DeltaT]):
                         batch -= 1
                         if size < 0 or not batch:
                             break
+                        if batch == _MAX_BATCH - 1 and sock.nothing_queued():
+                            break  # a sparse stream's usual case, asked more cheaply
                         try:
                             size = sock.receive(buffer, wait=False)
                         except OSError:

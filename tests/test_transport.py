@@ -78,6 +78,7 @@ def test_the_receive_queue_fill_is_read_from_the_socket(endpoint: dict[str, Any]
     sender = open_sender(**endpoint)
     try:
         assert receiver.queue_fill() == 0.0
+        assert receiver.nothing_queued()
         for _ in range(100):
             sender.send(bytes(1000))
         receiver.settimeout(1)
@@ -86,9 +87,13 @@ def test_the_receive_queue_fill_is_read_from_the_socket(endpoint: dict[str, Any]
         full = receiver.queue_fill()
         assert full is not None
         assert 0.05 < full <= 1.0
-        for _ in range(99):
+        assert not receiver.nothing_queued()
+        for _ in range(98):
             receiver.recv_into(buffer)
+        assert not receiver.nothing_queued()  # one datagram is left
+        receiver.recv_into(buffer)
         assert receiver.queue_fill() == 0.0
+        assert receiver.nothing_queued()
     finally:
         receiver.close()
         sender.close()

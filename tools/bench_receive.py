@@ -10,7 +10,8 @@ before a change): every measurement then runs in a fresh process for each tree i
 alternating, ``--repeats`` times, and the report gives each figure of this tree as a ratio
 to the other's (medians). This machine is shared and noisy: read the ratios.
 
-Measurements (32-byte ``BytesModel`` deltas over 1,000 leaves, 20 per datagram):
+Measurements (32-byte ``BytesModel`` deltas over 1,000 leaves, ``--per-datagram`` per
+datagram, 20 by default):
 
 * core: ns per delta of ``codec.decode_datagram``, of the subscriber's receive-path decode
   (``codec._decode_datagram_fast`` where it exists) and of ``SubscriberCore.receive``;
@@ -41,39 +42,40 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = bytes(range(32))
 LEAVES = 1000
-PER_DATAGRAM = 20
+DEFAULT_PER_DATAGRAM = 20
 GROUP = "239.255.71.9"
 
 
 # ------------------------------------------------------------------ the stream
 
 
-def make_stream(deltas: int) -> list[bytes]:
-    """``deltas`` deltas, ``PER_DATAGRAM`` per datagram (no snapshots, no summaries)."""
+def make_stream(deltas: int, per_datagram: int) -> list[bytes]:
+    """``deltas`` deltas, ``per_datagram`` per datagram (no snapshots, no summaries)."""
     from grapevine import BytesModel
     from grapevine._publisher_core import PublisherConfig, PublisherCore
     from grapevine.codec import DELTA_OVERHEAD, HEADER_SIZE
 
-    size = HEADER_SIZE + PER_DATAGRAM * (DELTA_OVERHEAD + len(PAYLOAD))
+    size = HEADER_SIZE + per_datagram * (DELTA_OVERHEAD + len(PAYLOAD))
     pub = PublisherCore(BytesModel(), PublisherConfig(
         min_cycle_s=1e9, max_queued_deltas=deltas + 1, touched_interval_s=0.0,
-        max_datagram_size=size), session_id=7)
-    for i in range(deltas):
-        pub.publish(i % LEAVES, PAYLOAD)
+        max_datagram_size=max(size, 512)), session_id=7)
     out: list[bytes] = []
-    while (datagram := pub.next_datagram(0.0)) is not None:
-        out.append(bytes(datagram))
+    for first in range(0, deltas, per_datagram):  # a datagram's worth, then sent
+        for i in range(first, min(first + per_datagram, deltas)):
+            pub.publish(i % LEAVES, PAYLOAD)
+        while (datagram := pub.next_datagram(0.0)) is not None:
+            out.append(bytes(datagram))
     return out
 
 
 # ------------------------------------------------------------------ core (no sockets)
 
 
-def measure_core(deltas: int) -> dict[str, float]:
+def measure_core(deltas: int, per_datagram: int) -> dict[str, float]:
     from grapevine import BytesModel, codec
     from grapevine._subscriber_core import SubscriberCore
 
-    stream = make_stream(deltas)
+    stream = make_stream(deltas, per_datagram)
     fast = getattr(codec, "_decode_datagram_fast", codec.decode_datagram)
 
     def baseline() -> float:
@@ -118,11 +120,12 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_socket(deltas: int, rate: float, seconds: float, flood: bool) -> dict[str, float]:
+def measure_socket(deltas: int, rate: float, seconds: float, flood: bool,
+                   per_datagram: int) -> dict[str, float]:
     from grapevine import BytesModel, Subscriber, SubscriberConfig
     from grapevine.testing import free_port
 
-    stream = make_stream(deltas)
+    stream = make_stream(deltas, per_datagram)
     port = free_port(GROUP)
     delivered = [0]
     done = threading.Event()
@@ -143,7 +146,7 @@ def measure_socket(deltas: int, rate: float, seconds: float, flood: bool) -> dic
                         on_update=on_update) as sub:
             sender = subprocess.Popen(
                 [sys.executable, __file__, "--send", path, "--port", str(port),
-                 "--rate", "0" if flood else str(rate / PER_DATAGRAM),
+                 "--rate", "0" if flood else str(rate / per_datagram),
                  "--seconds", str(seconds)], stdin=subprocess.PIPE)
             assert sender.stdin is not None
             cpu0, wall0 = _cpu(), time.perf_counter()
@@ -207,12 +210,14 @@ def send(path: str, port: int, datagram_rate: float, seconds: float) -> None:
 def worker(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {}
     if args.only in (None, "core"):
-        result["core"] = measure_core(args.deltas)
+        result["core"] = measure_core(args.deltas, args.per_datagram)
     if args.only in (None, "socket"):
         result["paced"] = measure_socket(int(args.rate * args.seconds), args.rate,
-                                         args.seconds * 3, flood=False)
+                                         args.seconds * 3, flood=False,
+                                         per_datagram=args.per_datagram)
         result["flood"] = measure_socket(int(2e6 * args.flood_seconds), 0,
-                                         args.flood_seconds, flood=True)
+                                         args.flood_seconds, flood=True,
+                                         per_datagram=args.per_datagram)
     print(json.dumps(result))
 
 
@@ -220,7 +225,8 @@ def run_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, __file__, "--worker", "--deltas", str(args.deltas),
            "--rate", str(args.rate), "--seconds", str(args.seconds),
-           "--flood-seconds", str(args.flood_seconds)]
+           "--flood-seconds", str(args.flood_seconds),
+           "--per-datagram", str(args.per_datagram)]
     if args.only:
         cmd += ["--only", args.only]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True,
@@ -245,6 +251,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--flood-seconds", type=float, default=2.0)
     parser.add_argument("--only", choices=["core", "socket"])
+    parser.add_argument("--per-datagram", type=int, default=DEFAULT_PER_DATAGRAM,
+                        help="deltas per datagram (1: a sparse stream, as a publisher "
+                             "sends it at 20k changes/s)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--send", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
