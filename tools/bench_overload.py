@@ -57,6 +57,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _bench import cpu_times, steal_share  # tools/
+
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "239.255.71.12"
 CACHE = Path(tempfile.gettempdir()) / "grapevine-bench-overload"
@@ -428,6 +430,7 @@ def main() -> int:
     if args.compare:
         trees.append(("other", args.compare.resolve()))
     report: dict[str, Any] = {}
+    cpu_at_start = cpu_times()
     for model in (["bytes", "book"] if args.model == "both" else [args.model]):
         entry: dict[str, Any] = {}
         if args.capacity:
@@ -461,6 +464,7 @@ def main() -> int:
                 if b[key]) if any(b[key] for b in runs["other"]) else float("nan")
                 for key in KEYS}
         report[model] = entry
+    stolen = steal_share(cpu_at_start, cpu_times())
     if args.json:
         print(json.dumps(report))
         return 0
@@ -478,6 +482,9 @@ def main() -> int:
                 line += (f" {entry['medians']['other'][key]:12.3f}"
                          f" {entry['ratios'][key]:10.2f}")
             print(line)
+    if stolen is not None:
+        print(f"CPU time stolen by the hypervisor during the run: {stolen:.1%} (above a few "
+              "per cent, timings are disturbed)")
     return 0
 
 

@@ -100,6 +100,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _bench import cpu_times, steal_share  # tools/
 from _bench_peers_worker import BOOK_ENTRY, POOL_ENTRY  # tools/: the files workers read
 from _netns import run_in_private_namespace  # this script's own folder, tools/
 
@@ -1041,6 +1042,7 @@ def inside(args: argparse.Namespace) -> int:
         print(f"bench_peers: {refused}", file=sys.stderr)
         return 2
     began = time.monotonic()
+    cpu_at_start = cpu_times()
     # LCM finds its interface by route: give multicast one, on lo (this namespace only).
     route = subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"],
                            capture_output=True, text=True, check=False)
@@ -1095,6 +1097,10 @@ def inside(args: argparse.Namespace) -> int:
         table = markdown(summary, results.columns)
         tally, ok = checks_report(results)
     elapsed = time.monotonic() - began
+    stolen = steal_share(cpu_at_start, cpu_times())
+    steal = ("" if stolen is None else
+             f" CPU time stolen by the hypervisor during the run: {stolen:.1%}"
+             " (above a few per cent, timings are disturbed).")
     header = [
         "## Grapevine against its peers (tools/bench_peers.py)", "",
         f"Command: `{' '.join(['tools/bench_peers.py', *sys.argv[1:]])}`; "
@@ -1102,7 +1108,8 @@ def inside(args: argparse.Namespace) -> int:
         f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
         f"{platform.python_version()}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}. The machine is shared and noisy:"
-        " read the ratios to raw x1 (same repeat) rather than the absolute figures.",
+        " read the ratios to raw x1 (same repeat) rather than the absolute figures."
+        + steal,
         "Cells: median over the repeats (xN: the median of the per-repeat ratios to raw "
         "UDP x1; \"2/5\": the ratio rests on the 2 repeats of 5 where raw x1's figure was "
         "not zero).", ""]
@@ -1116,7 +1123,7 @@ def inside(args: argparse.Namespace) -> int:
     document = {"tool": "tools/bench_peers.py", "args": {k: (str(v) if isinstance(v, Path)
                                                              else v)
                                                          for k, v in vars(args).items()},
-                "machine": machine(), "seconds": round(elapsed, 1),
+                "machine": machine(), "seconds": round(elapsed, 1), "cpu_steal_share": stolen,
                 "columns": [vars(c) for c in results.columns], "baseline": BASELINE,
                 "rows": summary, "replica_checks_ok": ok, "replica_checks": results.checks,
                 "errors": results.errors, "trials": results.trials}
