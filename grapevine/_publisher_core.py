@@ -306,11 +306,6 @@ class PublisherCore(Generic[LeafT, DeltaT]):
         """True if the queued deltas fill at least one datagram (lingering is pointless)."""
         return self._queued_delta_bytes >= self._room - HEADER_SIZE
 
-    @property
-    def last_send_at(self) -> float:
-        """The ``now`` of the last datagram :meth:`next_datagram` returned."""
-        return self._last_send
-
     def leaf_seq(self, leaf_id: int) -> int:
         """The leaf's current leaf sequence (0 if it never changed in this session)."""
         return self._leaf_seqs.get(leaf_id, 0)

@@ -68,15 +68,6 @@ log = logging.getLogger("grapevine")
 
 _END_OF_SESSION_COPIES = 3
 
-# A change that finds the stream quiet for this long goes out from the publishing thread
-# (see Publisher._hand_over); closer changes are batched by the sender thread. A datagram
-# per change costs every subscriber 15-25 us (tools/bench_receive.py --per-datagram 1):
-# this caps such datagrams at 25k/s, where batching starts to pay for its latency.
-_QUIET_S = 40e-6
-# Once the sender thread, woken for a change, found more queued behind it, changes come
-# in bursts: for this long every change is the sender thread's to batch.
-_BATCHING_HOLD_S = 0.01
-
 
 class Publisher(Generic[LeafT, DeltaT]):
     """Publishes one stream of leaves to a multicast group.
@@ -133,8 +124,6 @@ class Publisher(Generic[LeafT, DeltaT]):
         self._wake = threading.Condition(self._lock)  # publish -> sender
         self._room = threading.Condition(self._lock)  # sender -> blocked publish / flush
         self._sender_waiting = False
-        self._sender_wake_at = 0.0  # when the idle sender thread wakes on its own
-        self._batching_until = 0.0  # changes come in bursts: no sends from publish()
         self._linger_s = self.config.linger_s
         self._burst_started_at = 0.0
         self._flushing = 0  # flush() calls waiting: they cut a linger short
@@ -382,48 +371,15 @@ class Publisher(Generic[LeafT, DeltaT]):
             "(close it and start a new Publisher)") from failure
 
     def _hand_over(self) -> None:
-        """Called with the lock held, after a change, when the sender thread is idle.
-
-        A change that finds the stream quiet (no datagram for ``_QUIET_S``, no burst in
-        ``_BATCHING_HOLD_S``, what is queued fits one datagram, no linger asked for) is
-        sent from the publishing thread, under the lock so that datagrams keep their
-        order: waking the sender thread for it cost a context switch and 20-30 us of
-        latency per change (issue 12, at 20k changes/s: p50 to a raw receiver 36-42 us
-        with the hand-over, 15-30 us without). Closer changes wake the sender thread,
-        which batches whatever comes while it works, so a busy stream still packs many
-        deltas per datagram.
+        """Called with the lock held, after a change, when the sender thread is idle: wake
+        it. (Sending the change from the publishing thread instead was measured twice,
+        issue 12. First: one datagram per change at 20k changes/s cost every subscriber
+        more CPU and raised p99 latency, for no better p50. Again, with the snapshot cycle
+        spread out: p50 to a raw receiver 15-30 us against 36-42 us in one hour, 36 us
+        against 29 us in the next on the same machine, depending on how fast the
+        hypervisor wakes an idle virtual CPU; held back after bursts, so that they stay
+        batched, it was indistinguishable. The sender batches what comes meanwhile.)
         """
-        core = self._core
-        now = time.monotonic()
-        if (self._linger_s or core.queue_fills_a_datagram
-                or now - core.last_send_at < _QUIET_S or now < self._batching_until):
-            self._sender_waiting = False
-            self._wake.notify()
-            return
-        try:
-            while core.queued_deltas:
-                datagram = core.next_datagram(now, time.time_ns())
-                if datagram is None:
-                    break
-                self._send_counted(datagram)
-        except BaseException as exc:  # noqa: BLE001 - recorded, logged and raised as the sender's
-            self._failed_here(exc)
-            self._raise_failure()
-        if not core.queued_deltas:
-            self._room.notify_all()  # flush() waiting in another thread
-        if core.next_wakeup(now) < self._sender_wake_at:  # e.g. a TOUCHED summary is due
-            self._sender_waiting = False
-            self._wake.notify()
-
-    def _failed_here(self, exc: BaseException) -> None:
-        """Called with the lock held when sending from a publishing thread failed (a bug,
-        as in the sender thread): the session ends as :meth:`_sender_failed` ends it; the
-        sender thread, woken, sends END_OF_SESSION and stops; the caller gets
-        :class:`PublisherFailedError`."""
-        log.error("grapevine failed sending from the publishing thread; publisher session "
-                  "%#018x stops sending", self.session_id, exc_info=exc)
-        self._failure = exc
-        self._room.notify_all()
         self._sender_waiting = False
         self._wake.notify()
 
@@ -494,18 +450,13 @@ class Publisher(Generic[LeafT, DeltaT]):
                     self._wake.wait(linger_until - now)
                     self._sender_waiting = False
                     continue
-                if self._failure is not None:  # a publishing thread's send failed
-                    break
                 if self._stopping and not core.queued_deltas:
                     # Every delta is out: stop now. Waiting for next_datagram() to run dry
                     # could take forever when the snapshot cycle is CPU-bound (it then
                     # always has another snapshot due).
                     self._room.notify_all()
                     break
-                queued = core.queued_deltas
                 datagram = core.next_datagram(now, time.time_ns())
-                if queued - core.queued_deltas > 1:  # a burst: batch it, not send each
-                    self._batching_until = now + _BATCHING_HOLD_S
                 if core.new_snapshot_failures:  # leaves that just started failing to encode
                     news = list(core.new_snapshot_failures)
                     core.new_snapshot_failures.clear()
@@ -515,9 +466,7 @@ class Publisher(Generic[LeafT, DeltaT]):
                         stop = True
                     else:
                         self._sender_waiting = True
-                        wait = max(core.next_wakeup(now) - now, 0.0005)
-                        self._sender_wake_at = now + wait
-                        self._wake.wait(wait)
+                        self._wake.wait(max(core.next_wakeup(now) - now, 0.0005))
                         self._sender_waiting = False
                 elif core.queued_deltas < self.config.max_queued_deltas:
                     self._room.notify_all()

@@ -332,41 +332,6 @@ def test_a_publish_blocked_on_a_full_queue_wakes_when_the_sender_dies(
 
 
 @pytest.mark.network
-@pytest.mark.timeout(30)
-def test_a_send_failing_in_the_publishing_thread_ends_the_session(
-        endpoint: dict[str, Any], faults: Faults) -> None:
-    """A change on a quiet stream is sent by the publishing thread: a bug there fails the
-    publisher as a dead sender thread does (the caller gets it, subscribers see the end)."""
-    model = BytesModel()
-    events: list[Status] = []
-    with Subscriber(model, on_status=lambda e: events.append(e.kind), **endpoint) as sub:
-        pub: Publisher[bytes, bytes] = Publisher(model, config=fast_publisher(), **endpoint)
-        sock = faults.sockets[0]
-        try:
-            seq = pub.publish(1, b"a")
-            assert sub.wait_until_applied(seq, session_id=pub.session_id, timeout=10)
-            publishing_thread = threading.current_thread()
-            real_fault = sock._fault
-
-            def fault() -> None:  # only a send from this (the publishing) thread fails
-                if threading.current_thread() is publishing_thread:
-                    raise RuntimeError("crash")
-                real_fault()
-
-            sock._fault = fault  # type: ignore[method-assign]
-            with pytest.raises(PublisherFailedError, match="RuntimeError: crash") as raised:
-                pub.publish(2, b"b")
-            assert isinstance(raised.value.__cause__, RuntimeError)
-            assert pub.failure is raised.value.__cause__
-            assert wait_until(lambda: Status.SESSION_ENDED in events)
-            assert wait_until(lambda: not pub._thread.is_alive())
-            with pytest.raises(PublisherFailedError):
-                pub.publish(3, b"c")
-        finally:
-            pub.close()  # publish reported the failure: close() does not raise it again
-
-
-@pytest.mark.network
 def test_send_errors_are_counted_and_the_sender_survives(
         endpoint: dict[str, Any], faults: Faults) -> None:
     model = BytesModel()
