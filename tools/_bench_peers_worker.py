@@ -1116,13 +1116,15 @@ class LateJoinSub:
                     break
                 time.sleep(0.01)  # an older session: wait for this one
             seconds = time.monotonic() - began
+            stats = sub.stats()  # what the join went through (a slow one: why)
             gc.collect()
             rss_after = rss_bytes()
             with sub.locked() as replica:
                 books = replica.items()
                 levels = sum(len(book) for _, book in books)
             return {"synced": synced, "seconds": seconds, "rss_delta": rss_after - rss_before,
-                    "levels": levels, "books": len(books), "updates": self.updates}
+                    "levels": levels, "books": len(books), "updates": self.updates,
+                    "stats": {name: getattr(stats, name) for name in JOIN_STATS}}
         if name == "digest":
             assert self.sub is not None
             synced = self.sub.wait_until_applied(cmd["last_seq"], session_id=cmd["session"],
@@ -1135,6 +1137,13 @@ class LateJoinSub:
     def shutdown(self) -> None:
         if self.sub is not None:
             self.sub.close()
+
+
+# Subscriber counters a late join reports (tools/bench_peers.py keeps them in the JSON).
+JOIN_STATS = ("datagrams", "kernel_drops", "gaps", "missed_deltas", "retransmit_requests",
+              "retransmitted_datagrams", "snapshots", "installs", "repairs",
+              "leaves_made_stale", "census_mismatches", "leaves_shed", "conflated_updates",
+              "callback_backlog")
 
 
 class PlainBooks:
