@@ -1141,7 +1141,7 @@ class LateJoinSub:
 
 # Subscriber counters a late join reports (tools/bench_peers.py keeps them in the JSON).
 JOIN_STATS = ("datagrams", "kernel_drops", "gaps", "missed_deltas", "retransmit_requests",
-              "retransmitted_datagrams", "snapshots", "installs", "repairs",
+              "retransmitted_datagrams", "gaps_resolved", "snapshots", "installs", "repairs",
               "leaves_made_stale", "census_mismatches", "leaves_shed", "conflated_updates",
               "callback_backlog")
 
