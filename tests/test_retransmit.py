@@ -542,6 +542,25 @@ def test_a_joining_subscriber_asks_for_what_its_overload_lost() -> None:
     assert link.sub.stats.gaps == 0
 
 
+def test_a_joining_subscriber_whose_requests_go_unanswered_still_syncs() -> None:
+    """The same joiner, with nobody answering (the server gone, or the requests lost): its
+    holes still become a gap once the requests give up, and it syncs from the cycle."""
+    link = Link(synced=False)
+    link.lose_one()
+    link.sub.overloaded(link.now)
+    link.tick(0.025)
+    assert link.sub.requests
+    for _ in range(40):  # every request ignored: give up, then the gap
+        link.sub.requests.clear()
+        link.tick(0.05)
+    assert link.sub.stats.gaps == 1
+    for _ in range(3):
+        link.deliver(link.sent())
+        link.tick(0.06)
+    assert link.sub.synced
+    assert link.sub.values() == dict(link.pub.leaves.items())
+
+
 def test_an_overloaded_subscriber_gives_up_its_holes_instead_of_asking() -> None:
     link = Link()
     link.lose_one()  # as if the kernel dropped it: the runtime says so below
