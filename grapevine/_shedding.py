@@ -66,7 +66,7 @@ class Shedder:
         leaves now."""
         if fill >= ADMIT_BELOW:
             self._admit_at = max(self._admit_at, now + ADMIT_HOLD_S)
-        if fill < ADMIT_BELOW:
+        else:
             self._shed_fill = 0.0  # the queue drained: a new rise is a new overload
         overloaded = now < self.overloaded_until
         if fill >= 1.0:  # kernel drops: overloaded beyond doubt, unless by junk
